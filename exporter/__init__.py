@@ -1,0 +1,1 @@
+"""stagevar.exporter: torch models, checkpoint loading, the eager reference sampler, ONNX export."""

@@ -1,0 +1,75 @@
+"""An Infinity model with everything around it: transformer, VAE decoder, text encoder, tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint_io import sha256_file, sha256_tree
+from .checkpoint import load_transformer
+from .presets import InfinityPreset
+from .random_init import random_transformer
+from .text_encoder import T5TextEncoder, build_random_text_encoder, load_text_encoder
+from .tokenizer import build_tiny_tokenizer, encode_prompts
+from .vae_checkpoint import load_vae_decoder
+from .vae_decoder import BSQVAEDecoder, to_uint8_rgb
+
+
+@dataclass
+class InfinityBundle:
+    preset: InfinityPreset
+    transformer: torch.nn.Module
+    vae: BSQVAEDecoder
+    text_encoder: T5TextEncoder
+    tokenizer: object  # tokenizers.Tokenizer
+    # Where the weights came from: checkpoint sha256s, or {"random_init": seed}.
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Prompts are cut to this many tokens (tokenizer limit and null-text rows)."""
+        return min(self.preset.text.max_length, self.preset.transformer.text_maxlen)
+
+    @classmethod
+    def random(cls, preset: InfinityPreset, seed: int = 0) -> "InfinityBundle":
+        """Deterministic random weights for every part (tests, demos, export dry-runs)."""
+        transformer = random_transformer(preset.transformer, seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 1)
+            vae = BSQVAEDecoder(preset.vae).eval()
+        text = build_random_text_encoder(preset.text, seed + 2)
+        return cls(preset, transformer, vae, text, build_tiny_tokenizer(), {"random_init": seed})
+
+    @classmethod
+    def from_checkpoints(
+        cls, preset: InfinityPreset, weights: str | Path, vae: str | Path, text_encoder: str | Path
+    ) -> "InfinityBundle":
+        """Load the official files: transformer `.pth`/sharded folder, VAE `.pth`, T5 folder."""
+        transformer = load_transformer(weights, preset.transformer, what=f"{preset.name} transformer")
+        decoder = load_vae_decoder(vae, preset.vae)
+        encoder, tokenizer = load_text_encoder(text_encoder)
+        provenance = {
+            "weights": _digest(weights),
+            "vae": _digest(vae),
+            "text_encoder": _digest(text_encoder),
+        }
+        return cls(preset, transformer, decoder, encoder, tokenizer, provenance)
+
+    def tokenize(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and 0/1 mask (N, T) int64, padded to the longest prompt."""
+        ids, mask, _ = encode_prompts(self.tokenizer, prompts, max_length=self.max_text_tokens)
+        return ids, mask
+
+    @torch.no_grad()
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Summed code map (N, code_dim, FH, FW) -> uint8 RGB images (N, H, W, 3)."""
+        img = self.vae(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32)))
+        return to_uint8_rgb(img).numpy()
+
+
+def _digest(path: str | Path) -> str:
+    p = Path(path)
+    return sha256_tree(p) if p.is_dir() else sha256_file(p)

@@ -1,0 +1,98 @@
+"""Model presets of the Infinity family: plain functions returning frozen configs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stagevar.runtime.errors import StagevarError
+
+from .config import InfinityConfig
+from .text_encoder import TextEncoderConfig, flan_t5_xl_config, tiny_t5_config
+from .vae_decoder import VAEDecoderConfig, vae_d14_patchify_config, vae_d32_config, vae_tiny_config
+
+
+@dataclass(frozen=True)
+class InfinityPreset:
+    """Everything needed to build one Infinity model: transformer, VAE decoder, text encoder."""
+
+    name: str
+    transformer: InfinityConfig
+    vae: VAEDecoderConfig
+    text: TextEncoderConfig
+    default_cfg: float
+    default_tau: float
+    # True for presets that exist only with random weights (no released checkpoint).
+    random_init_only: bool = False
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Image pixels per transformer-grid cell along each side (16 for 2B and 8B)."""
+        return self.vae.upsample_factor * (2 if self.transformer.patchify else 1)
+
+
+def infinity2b() -> InfinityPreset:
+    """Infinity-2B: 32 blocks x 2048, 8 chunks, d=32 bits, flan-T5-XL, VAE d32 (patch 16)."""
+    return InfinityPreset(
+        name="infinity2b",
+        transformer=InfinityConfig(
+            depth=32, embed_dim=2048, num_heads=16, block_chunks=8, text_channels=2048,
+            text_maxlen=512, code_dim=32, patchify=False,
+        ),
+        vae=vae_d32_config(),
+        text=flan_t5_xl_config(),
+        default_cfg=3.0,
+        default_tau=0.5,
+    )
+
+
+def infinity8b() -> InfinityPreset:
+    """Infinity-8B: 40 blocks x 3584, 8 chunks, 56 bits per token (14 x 2x2 patchify)."""
+    return InfinityPreset(
+        name="infinity8b",
+        transformer=InfinityConfig(
+            depth=40, embed_dim=3584, num_heads=28, block_chunks=8, text_channels=2048,
+            text_maxlen=512, code_dim=14, patchify=True,
+        ),
+        vae=vae_d14_patchify_config(),
+        text=flan_t5_xl_config(),
+        default_cfg=3.0,
+        default_tau=1.0,
+    )
+
+
+def infinity_tiny() -> InfinityPreset:
+    """A few narrow blocks with random weights: the tests' model and the default demo.
+
+    Same architecture as Infinity-2B (8 chunks, so the StageVAR rank table applies), small
+    enough that a full 1M-schedule generation runs in seconds on 2 CPU cores (256x256 image).
+    """
+    return InfinityPreset(
+        name="infinity-tiny",
+        transformer=InfinityConfig(
+            depth=8, embed_dim=64, num_heads=2, block_chunks=8, text_channels=128,
+            text_maxlen=64, code_dim=32, patchify=False,
+        ),
+        vae=vae_tiny_config(),
+        text=tiny_t5_config(),
+        default_cfg=3.0,
+        default_tau=0.5,
+        random_init_only=True,
+    )
+
+
+PRESETS: dict[str, Callable[[], InfinityPreset]] = {
+    "infinity-tiny": infinity_tiny,
+    "infinity2b": infinity2b,
+    "infinity8b": infinity8b,
+}
+
+
+def get_preset(name: str) -> InfinityPreset:
+    """Look a preset up by its user-facing name (`infinity-tiny`, `infinity2b`, `infinity8b`)."""
+    key = name.lower().replace("_", "-")
+    aliases = {"infinity-2b": "infinity2b", "infinity-8b": "infinity8b", "tiny": "infinity-tiny"}
+    key = aliases.get(key, key)
+    if key not in PRESETS:
+        raise StagevarError(f"Unknown model '{name}'; choose one of: {', '.join(PRESETS)}.")
+    return PRESETS[key]()

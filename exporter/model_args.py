@@ -1,0 +1,39 @@
+"""Command-line arguments that pick a model and its weights, shared by the exporter's commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stagevar.runtime.errors import StagevarError
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="infinity-tiny", help="infinity-tiny (default), infinity2b or infinity8b")
+    p.add_argument("--weights", help="transformer checkpoint: 2B .pth, 8B sharded folder, or .safetensors")
+    p.add_argument("--vae", help="VAE checkpoint .pth (with or without the .conv/.norm level)")
+    p.add_argument("--text-encoder", help="local flan-t5-xl folder (config, weights, tokenizer)")
+    p.add_argument("--random-init", action="store_true", help="random weights instead of checkpoints")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the random weights")
+
+
+def load_bundle(preset, args: argparse.Namespace):
+    """Random weights (tiny default or --random-init) or the three checkpoints, all or none."""
+    from .infinity.model_bundle import InfinityBundle
+
+    given = {k: getattr(args, k) for k in ("weights", "vae", "text_encoder")}
+    if args.random_init or (preset.random_init_only and not any(given.values())):
+        if any(given.values()):
+            raise StagevarError("--random-init cannot be combined with --weights, --vae or --text-encoder.")
+        return InfinityBundle.random(preset, seed=args.init_seed)
+    if preset.random_init_only:
+        raise StagevarError(f"{preset.name} has no released checkpoint; drop --weights/--vae/--text-encoder.")
+    missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if not v]
+    if missing:
+        raise StagevarError(
+            f"{preset.name} needs {', '.join(missing)} (or --random-init for random weights)."
+        )
+    for k, v in given.items():
+        if not Path(v).exists():
+            raise StagevarError(f"--{k.replace('_', '-')} path '{v}' does not exist.")
+    return InfinityBundle.from_checkpoints(preset, given["weights"], given["vae"], given["text_encoder"])
