@@ -127,8 +127,9 @@ def _read_folder(folder: Path, wrapper_key) -> StateDict:
                             f"({', '.join(p.name for p in indexes)}); keep only one.")
     if indexes:
         return _read_sharded(indexes[0], wrapper_key)
-    files = sorted(p for p in folder.iterdir() if p.is_file()
-                   and p.suffix.lower() in TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,))
+    weight_suffixes = TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in weight_suffixes)
     if len(files) == 1:
         return _read_file(files[0], wrapper_key)
     if not files:
@@ -232,7 +233,7 @@ def _shapes(mapping: Mapping[str, object]) -> dict[str, tuple[int, ...]]:
 
 
 def _fmt(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
+    return str(tuple(shape))  # Python tuple spelling, as the reference key tables use
 
 
 def _counted(items: list[str]) -> str:

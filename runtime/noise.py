@@ -83,3 +83,32 @@ def draw_request_noise(
         draw_scale_noise(rng, mode, batch, n, bits_per_token, ranks)
         for mode, ranks, n in zip(plan.modes, plan.ranks, schedule.token_counts)
     ]
+
+
+def draw_batch_noise(
+    seeds: Sequence[int],
+    plan: StagePlan,
+    schedule: ScaleSchedule,
+    bits_per_token: int,
+) -> list[ScaleNoise | None]:
+    """Noise for a batch where image i has its own generator seeded `seeds[i]`, stacked on axis 0.
+
+    Per-image generators make a batch equal to its images run alone (image i of a request with
+    seed s uses s + i by the pipelines' convention), whatever the batch composition.
+    """
+    per_image = [draw_request_noise(s, plan, schedule, 1, bits_per_token) for s in seeds]
+    stacked: list[ScaleNoise | None] = []
+    for k in range(schedule.num_scales):
+        items = [noise[k] for noise in per_image]
+        if items[0] is None:
+            stacked.append(None)
+            continue
+        first = items[0]
+        gumbel = None if first.gumbel is None else tuple(
+            np.concatenate([it.gumbel[c] for it in items]) for c in range(len(first.gumbel))
+        )
+        proj = None if first.projections is None else tuple(
+            np.concatenate([it.projections[c] for it in items]) for c in range(len(first.projections))
+        )
+        stacked.append(ScaleNoise(np.concatenate([it.uniforms for it in items]), gumbel, proj))
+    return stacked
