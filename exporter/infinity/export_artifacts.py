@@ -1,0 +1,164 @@
+"""The whole export of an Infinity model: graphs, tokenizer and manifest, staged atomically."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from stagevar import __version__
+from stagevar.runtime import graph_io as gio
+from stagevar.runtime.manifest import write_manifest
+from stagevar.runtime.rank_table import canonical_alpha, rank_ratios
+from stagevar.runtime.schedules import get_schedule
+from stagevar.runtime.stage_plan import PLAN_PRESETS, Mode, make_plan
+
+from ..artifact_dir import staged_output
+from ..graph_spec import graph_io_spec
+from ..onnx_export import DEFAULT_OPSET
+from .export_transformer import WEIGHTS_NAME, export_transformer_graphs
+from .graph_text_encoder import export_text_encoder
+from .graph_vae import export_vae_decoder
+from .model_bundle import InfinityBundle
+
+PRECISIONS = ("fp32", "fp16")
+Progress = Callable[[str, str], None]  # (phase, detail)
+
+
+def _tool_versions() -> dict:
+    import onnx
+    import onnxscript
+    import torch
+
+    versions = {"stagevar": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def scale_entries(bundle: InfinityBundle, aspects: Sequence[str], resolution: str, alpha: str, batch: int) -> list[dict]:
+    """One engine entry per (aspect, scale, graph, shapes) that any plan preset executes.
+
+    TensorRT builds one optimisation profile per entry (min = opt = max); ONNX Runtime ignores
+    them. Past tokens depend on the plan: LOWRANK scales append no K/V.
+    """
+    cfg = bundle.preset.transformer
+    entries, seen = [], set()
+    for aspect in aspects:
+        schedule = get_schedule(aspect, resolution)
+        for preset in PLAN_PRESETS:
+            plan = make_plan(preset, schedule, num_chunks=cfg.block_chunks, alpha=alpha)
+            past = 0
+            for k, mode in enumerate(plan.modes):
+                if mode is Mode.SKIP:
+                    continue
+                tokens = schedule.token_counts[k]
+                graph = gio.FIDELITY if mode is Mode.LOWRANK else gio.STEP
+                rows = 2 * batch if mode is Mode.CFG else batch
+                key = (schedule.aspect_name, k, graph, rows, past)
+                if key not in seen:
+                    seen.add(key)
+                    entry = {"aspect": schedule.aspect_name, "scale": k, "hw": list(schedule.scales[k]),
+                             "graph": graph, "images": batch, "rows": rows, "tokens": tokens, "past_tokens": past}
+                    if mode is Mode.LOWRANK:
+                        entry["ranks"] = list(plan.ranks[k])
+                    entries.append(entry)
+                if mode is not Mode.LOWRANK:
+                    past += tokens
+    return entries
+
+
+def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, precision, alpha, batch, timings) -> dict:
+    preset = bundle.preset
+    cfg = preset.transformer
+    schedules = {}
+    for aspect in aspects:
+        s = get_schedule(aspect, resolution)
+        schedules[s.aspect_name] = {"h_div_w": s.h_div_w, "resolution": s.resolution,
+                                    "scales": [list(x) for x in s.scales], "full_scales": [list(x) for x in s.full_scales]}
+    return {
+        "family": "infinity",
+        "model": {
+            "preset": preset.name,
+            "config": asdict(cfg),
+            "config_hash": cfg.config_hash(),
+            "head_dim": cfg.head_dim,
+            "bits_per_token": cfg.bits_per_token,
+            "vae": asdict(preset.vae),
+            "pixels_per_token": preset.pixels_per_token,
+            "text_encoder": asdict(preset.text),
+            "default_cfg": preset.default_cfg,
+            "default_tau": preset.default_tau,
+            "random_init": "random_init" in bundle.provenance,
+            "weights": bundle.provenance,
+        },
+        "precision": precision,
+        "opset": DEFAULT_OPSET,
+        "tools": _tool_versions(),
+        "tokenizer": {"path": "tokenizer/tokenizer.json", "max_length": bundle.max_text_tokens},
+        "resolution": resolution,
+        "aspects": list(schedules),
+        "schedules": schedules,
+        "alpha": alpha,
+        "rank_table": {"alpha": alpha, "ratios": [list(r) for r in rank_ratios(alpha)], "rank": "min(M, int(ratio * M) + 1)"},
+        "batch": batch,
+        "graphs": graphs,
+        "engines": scale_entries(bundle, aspects, resolution, alpha, batch),
+        "export_seconds": timings,
+    }
+
+
+def export_artifacts(
+    bundle: InfinityBundle,
+    out_dir: str | Path,
+    *,
+    aspects: Sequence[str] = ("1:1",),
+    resolution: str = "1M",
+    precision: str = "fp32",
+    alpha: str = "0.96",
+    batch: int = 1,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> Path:
+    """Export every graph, the tokenizer and the manifest into `out_dir` (written last, atomically)."""
+    from stagevar.runtime.errors import StagevarError
+
+    if precision not in PRECISIONS:
+        raise StagevarError(f"Unknown precision '{precision}'; choose fp32 or fp16.")
+    if batch < 1:
+        raise StagevarError("--batch must be at least 1.")
+    alpha = canonical_alpha(alpha)
+    aspects = [get_schedule(a, resolution).aspect_name for a in aspects]  # validates early
+    report = progress or (lambda phase, detail: None)
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+    with staged_output(out_dir, force=force) as stage:
+        onnx_dir = stage / "onnx"
+        onnx_dir.mkdir()
+        graphs: dict[str, dict] = {}
+
+        def timed(name: str, fn):
+            report("export", name)
+            t0 = time.perf_counter()
+            result = fn()
+            timings[name] = round(time.perf_counter() - t0, 3)
+            return result
+
+        timed(gio.TEXT_ENCODER, lambda: export_text_encoder(bundle, onnx_dir, precision))
+        timed("transformer", lambda: export_transformer_graphs(bundle.transformer, onnx_dir, lambda g: report("export", g)))
+        timed(gio.VAE_DECODER, lambda: export_vae_decoder(bundle, onnx_dir, precision))
+        weights = {gio.TEXT_ENCODER: "text_encoder.weights", gio.VAE_DECODER: "vae_decoder.weights",
+                   gio.TEXT_COND: WEIGHTS_NAME, gio.STEP: WEIGHTS_NAME, gio.FIDELITY: WEIGHTS_NAME}
+        for name in gio.GRAPHS:
+            spec = graph_io_spec(onnx_dir / f"{name}.onnx")
+            graphs[name] = {"path": f"onnx/{name}.onnx", "weights": f"onnx/{weights[name]}", **spec}
+        (stage / "tokenizer").mkdir()
+        bundle.tokenizer.save(str(stage / "tokenizer" / "tokenizer.json"))
+        report("manifest", "hashing files")
+        write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings))
+    return out_dir

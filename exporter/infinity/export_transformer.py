@@ -1,0 +1,103 @@
+"""Export of the transformer graphs (text_cond, step, fidelity) with one shared weights file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from stagevar.runtime import graph_io as gio
+
+from ..onnx_export import export_program
+from ..onnx_io import save_graphs
+from .config import InfinityConfig
+from .graphs_transformer import FidelityGraph, StepGraph, TextCondGraph
+from .transformer import InfinityTransformer
+
+WEIGHTS_NAME = "transformer.weights"
+
+# Example sizes for tracing: >= 2 on every dynamic axis and pairwise distinct, so torch.export
+# neither specialises an axis nor confuses two of them.
+_N, _T, _L, _P, _M, _MC = 2, 3, 5, 7, 11, 4
+
+
+def _text_cond_example(cfg: InfinityConfig):
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(_N, _T, cfg.text_channels, generator=g)
+    mask = torch.ones(_N, _T, dtype=torch.int64)
+    return (feats, mask), {
+        "text_features": {0: "n", 1: ("t", 1, cfg.text_maxlen)},
+        "attention_mask": {0: "n", 1: ("t", 1, cfg.text_maxlen)},
+    }
+
+
+def _step_example(cfg: InfinityConfig):
+    g = torch.Generator().manual_seed(1)
+    R, C, H, hd, D = 2 * _N, cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.depth
+    args = (
+        torch.randn(_N, _L, cfg.bits_per_token, generator=g),
+        torch.tensor(3, dtype=torch.int64),
+        torch.randn(R, C, generator=g),
+        torch.randn(R, 6, C, generator=g) * 0.1,
+        torch.randn(R, 2, C, generator=g) * 0.1,
+        torch.randn(D, 2, R, H, _T, hd, generator=g),
+        torch.zeros(R, _T),
+        torch.randn(_P, D, 2, R, H, hd, generator=g),
+        torch.randn(_L, hd // 2, generator=g),
+        torch.randn(_L, hd // 2, generator=g),
+        torch.tensor([3.0, -2.0]),
+        torch.tensor(0.5),
+    )
+    axes = {
+        "codes": {0: "n", 1: "l"}, "sos": {0: "r"}, "gss": {0: "r"}, "head_ss": {0: "r"},
+        "text_kv": {2: "r", 4: "t"}, "text_bias": {0: "r", 1: "t"}, "past_kv": {0: "p", 3: "r"},
+        "rope_cos": {0: "l"}, "rope_sin": {0: "l"},
+    }
+    return args, axes
+
+
+def _fidelity_example(cfg: InfinityConfig):
+    g = torch.Generator().manual_seed(2)
+    C, H, hd, D = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.depth
+    ranks = [2 + c % 4 for c in range(cfg.block_chunks)]  # distinct-ish, all < m
+    args = [
+        torch.randn(_N, _M, cfg.bits_per_token, generator=g),
+        torch.tensor(3, dtype=torch.int64),
+        torch.randn(_N, 6, C, generator=g) * 0.1,
+        torch.randn(_N, 2, C, generator=g) * 0.1,
+        torch.randn(D, 2, _N, H, _T, hd, generator=g),
+        torch.zeros(_N, _T),
+        torch.randn(_P, D, 2, _N, H, hd, generator=g),
+        torch.randn(_M, hd // 2, generator=g),
+        torch.randn(_M, hd // 2, generator=g),
+        torch.tensor(0.5),
+        torch.randn(cfg.block_chunks, _N, _MC, C, generator=g),
+        torch.rand(_M, _MC, generator=g),
+        torch.randn(cfg.block_chunks, _N, _M, generator=g),
+    ] + [torch.randn(_N, _M, r, generator=g) for r in ranks]
+    axes = {
+        "codes": {0: "n", 1: "m"}, "gss": {0: "n"}, "head_ss": {0: "n"},
+        "text_kv": {2: "n", 4: "t"}, "text_bias": {0: "n", 1: "t"}, "past_kv": {0: "p", 3: "n"},
+        "rope_cos": {0: "m"}, "rope_sin": {0: "m"}, "cache": {1: "n", 2: "mc"}, "area": {0: "m", 1: "mc"},
+        "gumbel": {1: "n", 2: "m"},
+    }
+    axes.update({f"proj_{c}": {0: "n", 1: "m", 2: f"r{c}"} for c in range(cfg.block_chunks)})
+    return tuple(args), axes
+
+
+def export_transformer_graphs(model: InfinityTransformer, folder: Path, progress=None) -> dict:
+    """Export text_cond, step and fidelity into `folder`, weights shared in one file."""
+    cfg = model.config
+    chunks = cfg.block_chunks
+    jobs = {
+        gio.TEXT_COND: (TextCondGraph(model), _text_cond_example(cfg), gio.TEXT_COND_INPUTS, gio.TEXT_COND_OUTPUTS),
+        gio.STEP: (StepGraph(model), _step_example(cfg), gio.STEP_INPUTS, gio.STEP_OUTPUTS),
+        gio.FIDELITY: (FidelityGraph(model), _fidelity_example(cfg), gio.fidelity_inputs(chunks), gio.fidelity_outputs(chunks)),
+    }
+    programs = {}
+    for name, (module, (args, axes), inputs, outputs) in jobs.items():
+        if progress is not None:
+            progress(name)
+        programs[name] = export_program(module, args, inputs, outputs, axes)
+    stats = save_graphs(programs, folder, WEIGHTS_NAME)
+    return {"weights": WEIGHTS_NAME, **stats}

@@ -1,0 +1,104 @@
+"""Tracing torch graph wrappers to ONNX with the dynamo exporter (opset 20 by default)."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+DEFAULT_OPSET = 20
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress lines and warnings per graph; our CLI reports progress itself."""
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        level = logging.getLogger("torch.onnx").level
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logging.getLogger("torch.onnx").setLevel(level)
+
+
+def _dim(dims: dict, sym: str | tuple[str, int, int]) -> "torch.export.Dim":
+    name, lo, hi = (sym, None, None) if isinstance(sym, str) else sym
+    if name not in dims:
+        dims[name] = torch.export.Dim(name) if lo is None else torch.export.Dim(name, min=lo, max=hi)
+    return dims[name]
+
+
+def _group_varargs(module: torch.nn.Module, shapes: list) -> list:
+    """torch.export sees a `*args` parameter as one tuple argument: nest its shapes likewise."""
+    params = list(inspect.signature(module.forward).parameters.values())
+    if not params or params[-1].kind is not inspect.Parameter.VAR_POSITIONAL:
+        return shapes
+    named = len(params) - 1
+    return shapes[:named] + [tuple(shapes[named:])]
+
+
+def export_program(
+    module: torch.nn.Module,
+    example_args: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str | tuple[str, int, int]]],
+    opset: int = DEFAULT_OPSET,
+    optimize: bool = True,
+):
+    """Trace `module` with torch.export and translate to ONNX; returns the ONNXProgram.
+
+    `dynamic_axes` maps input names to {axis: symbolic name or (name, min, max)}; equal names
+    share one dimension.
+    Example inputs must have sizes >= 2 on every dynamic axis (torch.export specialises 0 and 1).
+    """
+    dims: dict[str, torch.export.Dim] = {}
+    # Positional (not keyed by argument name) so that *args wrappers work too.
+    shapes = []
+    for name in input_names:
+        axes = dynamic_axes.get(name)
+        shapes.append({axis: _dim(dims, sym) for axis, sym in axes.items()} if axes else None)
+    shapes = _group_varargs(module, shapes)
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            module.eval(),
+            tuple(example_args),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=tuple(shapes),
+            optimize=False,
+            verbose=False,
+        )
+        if optimize:
+            _light_optimize(program.model)
+    return program
+
+
+def _light_optimize(model) -> None:
+    """Constant folding and clean-up passes of the onnxscript optimizer, without its pattern
+    rewriter: the rewriter takes ~half of the export time on deep graphs, and ONNX Runtime and
+    TensorRT apply their own fusions when they load the graph."""
+    import onnx_ir.passes.common as common
+    import onnxscript.optimizer as opt
+
+    common.InlinePass()(model)
+    opt.fold_constants_ir(model)
+    for cleanup in (
+        common.RemoveUnusedNodesPass(),
+        common.RemoveUnusedFunctionsPass(),
+        common.RemoveUnusedOpsetsPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.NameFixPass(),
+    ):
+        cleanup(model)
