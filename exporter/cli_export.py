@@ -1,15 +1,109 @@
-"""`stagevar-export`: ONNX/TensorRT export (exporter issue, not landed yet)."""
+"""`stagevar-export`: per-scale ONNX graphs with StageVAR compiled in, a verified manifest, a check.
+
+With no arguments it exports the built-in `infinity-tiny` preset (random weights) to
+./stagevar-artifacts/infinity-tiny.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
+from pathlib import Path
 
-from stagevar.runtime.cli_common import not_yet, run_cli
+from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.schedules import RESOLUTIONS
+
+from .model_args import add_model_arguments, load_bundle
+from .progress import PhaseProgress
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stagevar-export", description=__doc__.splitlines()[0])
+    add_model_arguments(p)
+    p.add_argument("--aspect", default="1:1", help="comma-separated width:height list, e.g. 1:1,16:9 (default 1:1)")
+    p.add_argument("--resolution", default="1M", help=f"one of {', '.join(RESOLUTIONS)} (default 1M)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="graph precision (default fp32)")
+    p.add_argument("--alpha", default="0.96", help="StageVAR rank-table energy threshold (default 0.96)")
+    p.add_argument("--batch", type=int, default=1, help="images per request the engine profiles are built for")
+    p.add_argument("--out", help="output folder (default ./stagevar-artifacts/<model>)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--check", action="store_true", help="compare every graph with torch in ONNX Runtime; non-zero exit if not ok")
+    return p
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _summary(out: Path, manifest: dict, progress: PhaseProgress) -> str:
+    rows = [("graph", "graph file", "weights file", "time")]
+    seen_weights = set()
+    for name, g in manifest["graphs"].items():
+        weights = g["weights"]
+        wsize = "(shared)" if weights in seen_weights else _size(out / weights)
+        seen_weights.add(weights)
+        rows.append((name, _size(out / g["path"]), f"{Path(weights).name} {wsize}", f"{progress.durations.get(name, 0.0):.1f} s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(not_yet("stagevar-export", "ONNX export is the exporter issue"), argv)
+    args = build_parser().parse_args(argv)
+    from .infinity.presets import get_preset
+
+    preset = get_preset(args.model)
+    out = Path(args.out) if args.out else Path("stagevar-artifacts") / preset.name
+    aspects = [a.strip() for a in args.aspect.split(",") if a.strip()]
+    if not aspects:
+        raise StagevarError("--aspect is empty; give at least one width:height such as 1:1.")
+    if out.exists() and not args.force:
+        raise StagevarError(f"{out} already exists; pass --force to overwrite it or choose another --out.")
+
+    # fidelity traces in a background process from the start; its phase is the wait for it.
+    steps = ["load model", "text_encoder", "text_cond", "step", "vae_decoder", "fidelity", "manifest"]
+    progress = PhaseProgress(len(steps) + (1 if args.check else 0))
+    t0 = time.perf_counter()
+    try:
+        progress.phase("load model")
+        bundle = load_bundle(preset, args)
+        from .infinity.export_artifacts import export_artifacts
+
+        export_artifacts(
+            bundle, out, aspects=aspects, resolution=args.resolution, precision=args.precision,
+            alpha=args.alpha, batch=args.batch, force=args.force,
+            progress=lambda phase, detail: progress.phase(detail if phase == "export" else phase),
+        )
+        progress.close()
+    finally:
+        progress.close()
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(_summary(out, manifest, progress))
+    label = "RANDOM weights (a demo/test export, images are noise)" if manifest["model"]["random_init"] else "checkpoint weights"
+    print(f"exported {preset.name} ({label}), {args.precision}, aspects {', '.join(manifest['aspects'])} "
+          f"to {out} in {time.perf_counter() - t0:.1f} s")
+    if args.check:
+        from .infinity.check import run_check
+
+        progress = PhaseProgress(1)
+        progress.phase("check")
+        ok = run_check(out, bundle)
+        progress.close()
+        return 0 if ok else 1
+    return 0
+
+
+def entry(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

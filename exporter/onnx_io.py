@@ -67,6 +67,16 @@ def _external_tensor(name: str, array: np.ndarray, location: str, offset: int, l
     return tensor
 
 
+def _strip_node_metadata(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's per-node metadata (torch stack traces, FX names): most of the file
+    size of a deep graph, never read at run time."""
+    for node in graph.node:
+        del node.metadata_props[:]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _strip_node_metadata(attr.g)
+
+
 def save_graph(program, path: Path, weights: SharedWeightsWriter, source: TensorSource = _default_source) -> None:
     """Save a torch ONNXProgram to `path`, its initializers going into `weights`.
 
@@ -77,6 +87,7 @@ def save_graph(program, path: Path, weights: SharedWeightsWriter, source: Tensor
     program.save(path, include_initializers=False, keep_initializers_as_inputs=False)
     model = onnx.load(str(path), load_external_data=False)
     del model.graph.initializer[:]
+    _strip_node_metadata(model.graph)
     location = weights.path.name
     for name, value in initializers.items():
         array = source(name, value)
@@ -97,3 +108,31 @@ def save_graphs(programs: dict[str, object], folder: Path, weights_name: str, so
     finally:
         writer.close()
     return {"tensors_written": writer.tensors_written, "tensors_reused": writer.tensors_reused}
+
+
+def merge_weights(onnx_path: Path, writer: SharedWeightsWriter) -> None:
+    """Move the external tensors of a graph saved with its own weights file into `writer`.
+
+    Used when a graph was exported in a background process: its tensors are read back through
+    a memory map, deduplicated into the shared file, and the graph's references rewritten.
+    """
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    sources: set[Path] = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        src = onnx_path.parent / info["location"]
+        sources.add(src)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        count = int(info["length"]) // np.dtype(dtype).itemsize
+        array = np.fromfile(src, dtype=dtype, count=count, offset=int(info["offset"])).reshape(tuple(tensor.dims))
+        offset, length = writer.add(array)
+        del tensor.external_data[:]
+        for key, val in (("location", writer.path.name), ("offset", str(offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, val
+    onnx.save_model(model, str(onnx_path))
+    for src in sources:
+        if src != writer.path:
+            src.unlink()

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import attend, linear
+
 # exp(clamp(scale_mul, max=ln 100)): the official cap on the cosine-attention temperature.
 _MAX_SCALE_MUL = math.log(100.0)
 
@@ -50,19 +52,20 @@ class SelfAttention(nn.Module):
         """Return (output, new k, new v); new k/v are post-RoPE, for this call's tokens only."""
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = linear(self.mat_qkv, x_BLC, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, d)
         scale_mul = self.scale_mul_1H11.clamp(max=_MAX_SCALE_MUL).exp()
-        q = F.normalize(q, dim=-1, eps=1e-12) * scale_mul
-        k = F.normalize(k, dim=-1, eps=1e-12)
+        # Normalisation and RoPE in fp32; the cache keeps K and V in the compute dtype.
+        q = F.normalize(q.float(), dim=-1, eps=1e-12) * scale_mul
+        k = F.normalize(k.float(), dim=-1, eps=1e-12)
         q = apply_rope(q, cos_Lh, sin_Lh)
-        k = apply_rope(k, cos_Lh, sin_Lh)
+        k = apply_rope(k, cos_Lh, sin_Lh).to(v.dtype)
         k_all = k if past_k_BHPd is None else torch.cat((past_k_BHPd, k), dim=2)
         v_all = v if past_v_BHPd is None else torch.cat((past_v_BHPd, v), dim=2)
         # Tokens of a scale see each other and every earlier scale: no mask with a cache.
-        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=attn_bias, scale=1.0)
+        out = attend(q, k_all, v_all, attn_bias, scale=1.0)
         out = out.transpose(1, 2).reshape(B, L, C)
-        return self.proj(out), k, v
+        return linear(self.proj, out).float(), k, v
 
 
 class CrossAttention(nn.Module):
@@ -81,7 +84,7 @@ class CrossAttention(nn.Module):
         """K and V (B, H, T, d) of the text: depends only on the prompt, computed once."""
         B, T, _ = feats_BTD.shape
         bias = torch.cat((self.zero_k_bias, self.v_bias))
-        kv = F.linear(feats_BTD, self.mat_kv.weight, bias).view(B, T, 2, self.num_heads, self.head_dim)
+        kv = linear(self.mat_kv, feats_BTD, bias).view(B, T, 2, self.num_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
@@ -89,11 +92,9 @@ class CrossAttention(nn.Module):
         self, x_BLC: torch.Tensor, k_BHTd: torch.Tensor, v_BHTd: torch.Tensor, text_bias_B11T: torch.Tensor
     ) -> torch.Tensor:
         B, L, C = x_BLC.shape
-        q = self.mat_q(x_BLC).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, k_BHTd, v_BHTd, attn_mask=text_bias_B11T, scale=1.0 / math.sqrt(self.head_dim)
-        )
-        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+        q = linear(self.mat_q, x_BLC).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+        out = attend(q, k_BHTd, v_BHTd, text_bias_B11T, scale=1.0 / math.sqrt(self.head_dim))
+        return linear(self.proj, out.transpose(1, 2).reshape(B, L, C)).float()
 
 
 class TextAttentivePool(nn.Module):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import CrossAttention, SelfAttention
+from .precision import linear
 
 
 class FFN(nn.Module):
@@ -18,7 +19,7 @@ class FFN(nn.Module):
         self.fc2 = nn.Linear(hidden, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return linear(self.fc2, F.gelu(linear(self.fc1, x), approximate="tanh")).float()
 
 
 def ada_layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:

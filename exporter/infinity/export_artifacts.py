@@ -17,10 +17,12 @@ from stagevar.runtime.stage_plan import PLAN_PRESETS, Mode, make_plan
 from ..artifact_dir import staged_output
 from ..graph_spec import graph_io_spec
 from ..onnx_export import DEFAULT_OPSET
-from .export_transformer import WEIGHTS_NAME, export_transformer_graphs
+from ..onnx_io import SharedWeightsWriter
+from .export_transformer import WEIGHTS_NAME, export_cond_and_step, finish_fidelity_export, start_fidelity_export
 from .graph_text_encoder import export_text_encoder
 from .graph_vae import export_vae_decoder
 from .model_bundle import InfinityBundle
+from .precision import to_fp16_blocks
 
 PRECISIONS = ("fp32", "fp16")
 Progress = Callable[[str, str], None]  # (phase, detail)
@@ -142,16 +144,26 @@ def export_artifacts(
         onnx_dir.mkdir()
         graphs: dict[str, dict] = {}
 
-        def timed(name: str, fn):
-            report("export", name)
+        def timed(name: str, fn, announce: bool = True):
+            if announce:
+                report("export", name)
             t0 = time.perf_counter()
             result = fn()
             timings[name] = round(time.perf_counter() - t0, 3)
             return result
 
-        timed(gio.TEXT_ENCODER, lambda: export_text_encoder(bundle, onnx_dir, precision))
-        timed("transformer", lambda: export_transformer_graphs(bundle.transformer, onnx_dir, lambda g: report("export", g)))
-        timed(gio.VAE_DECODER, lambda: export_vae_decoder(bundle, onnx_dir, precision))
+        # The fidelity graph traces in a forked process while this one does the others.
+        model = to_fp16_blocks(bundle.transformer) if precision == "fp16" else bundle.transformer
+        job = start_fidelity_export(model, onnx_dir)
+        writer = SharedWeightsWriter(onnx_dir / WEIGHTS_NAME)
+        try:
+            timed(gio.TEXT_ENCODER, lambda: export_text_encoder(bundle, onnx_dir, precision))
+            timed(gio.TEXT_COND + "+" + gio.STEP, lambda: export_cond_and_step(model, onnx_dir, writer, lambda g: report("export", g)), announce=False)
+            timed(gio.VAE_DECODER, lambda: export_vae_decoder(bundle, onnx_dir, precision))
+            timed(gio.FIDELITY, lambda: finish_fidelity_export(job, onnx_dir, writer))
+        finally:
+            job.kill()
+            writer.close()
         weights = {gio.TEXT_ENCODER: "text_encoder.weights", gio.VAE_DECODER: "vae_decoder.weights",
                    gio.TEXT_COND: WEIGHTS_NAME, gio.STEP: WEIGHTS_NAME, gio.FIDELITY: WEIGHTS_NAME}
         for name in gio.GRAPHS:

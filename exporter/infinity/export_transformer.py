@@ -9,12 +9,14 @@ import torch
 from stagevar.runtime import graph_io as gio
 
 from ..onnx_export import export_program
-from ..onnx_io import save_graphs
+from ..background import BackgroundJob
+from ..onnx_io import SharedWeightsWriter, merge_weights, save_graph
 from .config import InfinityConfig
 from .graphs_transformer import FidelityGraph, StepGraph, TextCondGraph
 from .transformer import InfinityTransformer
 
 WEIGHTS_NAME = "transformer.weights"
+_FIDELITY_PARTIAL = "fidelity.partial.weights"
 
 # Example sizes for tracing: >= 2 on every dynamic axis and pairwise distinct, so torch.export
 # neither specialises an axis nor confuses two of them.
@@ -31,7 +33,12 @@ def _text_cond_example(cfg: InfinityConfig):
     }
 
 
-def _step_example(cfg: InfinityConfig):
+def kv_dtype(model: InfinityTransformer) -> torch.dtype:
+    """dtype of the K/V caches and text K/V: the blocks' compute dtype (fp16 in fp16 exports)."""
+    return model.block_chunks[0].module[0].sa.mat_qkv.weight.dtype
+
+
+def _step_example(cfg: InfinityConfig, dt: torch.dtype = torch.float32):
     g = torch.Generator().manual_seed(1)
     R, C, H, hd, D = 2 * _N, cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.depth
     args = (
@@ -40,9 +47,9 @@ def _step_example(cfg: InfinityConfig):
         torch.randn(R, C, generator=g),
         torch.randn(R, 6, C, generator=g) * 0.1,
         torch.randn(R, 2, C, generator=g) * 0.1,
-        torch.randn(D, 2, R, H, _T, hd, generator=g),
+        torch.randn(D, 2, R, H, _T, hd, generator=g).to(dt),
         torch.zeros(R, _T),
-        torch.randn(_P, D, 2, R, H, hd, generator=g),
+        torch.randn(_P, D, 2, R, H, hd, generator=g).to(dt),
         torch.randn(_L, hd // 2, generator=g),
         torch.randn(_L, hd // 2, generator=g),
         torch.tensor([3.0, -2.0]),
@@ -56,7 +63,7 @@ def _step_example(cfg: InfinityConfig):
     return args, axes
 
 
-def _fidelity_example(cfg: InfinityConfig):
+def _fidelity_example(cfg: InfinityConfig, dt: torch.dtype = torch.float32):
     g = torch.Generator().manual_seed(2)
     C, H, hd, D = cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.depth
     ranks = [2 + c % 4 for c in range(cfg.block_chunks)]  # distinct-ish, all < m
@@ -65,9 +72,9 @@ def _fidelity_example(cfg: InfinityConfig):
         torch.tensor(3, dtype=torch.int64),
         torch.randn(_N, 6, C, generator=g) * 0.1,
         torch.randn(_N, 2, C, generator=g) * 0.1,
-        torch.randn(D, 2, _N, H, _T, hd, generator=g),
+        torch.randn(D, 2, _N, H, _T, hd, generator=g).to(dt),
         torch.zeros(_N, _T),
-        torch.randn(_P, D, 2, _N, H, hd, generator=g),
+        torch.randn(_P, D, 2, _N, H, hd, generator=g).to(dt),
         torch.randn(_M, hd // 2, generator=g),
         torch.randn(_M, hd // 2, generator=g),
         torch.tensor(0.5),
@@ -85,19 +92,58 @@ def _fidelity_example(cfg: InfinityConfig):
     return tuple(args), axes
 
 
-def export_transformer_graphs(model: InfinityTransformer, folder: Path, progress=None) -> dict:
-    """Export text_cond, step and fidelity into `folder`, weights shared in one file."""
+def _programs(model: InfinityTransformer, names: tuple[str, ...], progress=None) -> dict:
     cfg = model.config
     chunks = cfg.block_chunks
+    dt = kv_dtype(model)
     jobs = {
-        gio.TEXT_COND: (TextCondGraph(model), _text_cond_example(cfg), gio.TEXT_COND_INPUTS, gio.TEXT_COND_OUTPUTS),
-        gio.STEP: (StepGraph(model), _step_example(cfg), gio.STEP_INPUTS, gio.STEP_OUTPUTS),
-        gio.FIDELITY: (FidelityGraph(model), _fidelity_example(cfg), gio.fidelity_inputs(chunks), gio.fidelity_outputs(chunks)),
+        gio.TEXT_COND: lambda: (TextCondGraph(model), _text_cond_example(cfg), gio.TEXT_COND_INPUTS, gio.TEXT_COND_OUTPUTS),
+        gio.STEP: lambda: (StepGraph(model), _step_example(cfg, dt), gio.STEP_INPUTS, gio.STEP_OUTPUTS),
+        gio.FIDELITY: lambda: (FidelityGraph(model), _fidelity_example(cfg, dt), gio.fidelity_inputs(chunks), gio.fidelity_outputs(chunks)),
     }
     programs = {}
-    for name, (module, (args, axes), inputs, outputs) in jobs.items():
+    for name in names:
         if progress is not None:
             progress(name)
+        module, (args, axes), inputs, outputs = jobs[name]()
         programs[name] = export_program(module, args, inputs, outputs, axes)
-    stats = save_graphs(programs, folder, WEIGHTS_NAME)
-    return {"weights": WEIGHTS_NAME, **stats}
+    return programs
+
+
+def start_fidelity_export(model: InfinityTransformer, folder: Path) -> BackgroundJob:
+    """Export the fidelity graph in a forked process (its own weights file until merged)."""
+
+    def job() -> None:
+        program = _programs(model, (gio.FIDELITY,))[gio.FIDELITY]
+        writer = SharedWeightsWriter(folder / _FIDELITY_PARTIAL)
+        try:
+            save_graph(program, folder / f"{gio.FIDELITY}.onnx", writer)
+        finally:
+            writer.close()
+
+    return BackgroundJob(job).start()
+
+
+def export_cond_and_step(model: InfinityTransformer, folder: Path, writer: SharedWeightsWriter, progress=None) -> None:
+    """Export text_cond and step into `folder`, their weights into the shared writer."""
+    for name, program in _programs(model, (gio.TEXT_COND, gio.STEP), progress).items():
+        save_graph(program, folder / f"{name}.onnx", writer)
+
+
+def finish_fidelity_export(job: BackgroundJob, folder: Path, writer: SharedWeightsWriter) -> None:
+    """Wait for the fidelity export and move its weights into the shared file (deduplicated)."""
+    job.join()
+    merge_weights(folder / f"{gio.FIDELITY}.onnx", writer)
+
+
+def export_transformer_graphs(model: InfinityTransformer, folder: Path, progress=None) -> dict:
+    """Export text_cond, step and fidelity into `folder`, weights shared in one file."""
+    writer = SharedWeightsWriter(folder / WEIGHTS_NAME)
+    job = start_fidelity_export(model, folder)
+    try:
+        export_cond_and_step(model, folder, writer, progress)
+        finish_fidelity_export(job, folder, writer)
+    finally:
+        job.kill()
+        writer.close()
+    return {"weights": WEIGHTS_NAME, "tensors_written": writer.tensors_written, "tensors_reused": writer.tensors_reused}

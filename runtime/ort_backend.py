@@ -1,0 +1,283 @@
+"""The ONNX Runtime backend: one session per graph, IO binding, and the token-major K/V cache.
+
+Every tensor that stays alive across scales (text condition, K/V cache, chunk outputs) is a
+`DeviceArray`: a dense C-contiguous buffer addressed by pointer on the session's device, numpy
+memory on CPU, an `OrtValue` on CUDA. Graph inputs and outputs are bound to those pointers, so
+ONNX Runtime reads the past K/V from a prefix of the request's one cache buffer and writes the
+new K/V straight into the slot after it (DESIGN.md section 4): no concatenation, no copy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from . import graph_io as gio
+from .errors import StagevarError
+from .manifest import Manifest
+
+DEVICES = ("cpu", "cuda")
+_CUDA_EP, _CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8, "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceArray:
+    """A dense C-contiguous tensor on one device, addressed by pointer.
+
+    `owner` keeps the memory alive: a numpy array on CPU, an `OrtValue` otherwise. A row view
+    (`rows`) of a token-major tensor shares the owner's memory; `row0` is its first row there.
+    """
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    device: str
+    owner: object
+    row0: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def rows(self, start: int, stop: int) -> "DeviceArray":
+        """Rows [start, stop) of axis 0: contiguous because axis 0 is outermost."""
+        if not 0 <= start <= stop <= self.shape[0]:
+            raise ValueError(f"rows [{start}, {stop}) out of range for {self.shape[0]} rows")
+        return DeviceArray(self.ptr + start * self.row_bytes, (stop - start, *self.shape[1:]),
+                           self.dtype, self.device, self.owner, self.row0 + start)
+
+    def numpy(self) -> np.ndarray:
+        """Host values: a view of the memory on CPU (no copy), a copy from other devices."""
+        if isinstance(self.owner, np.ndarray):
+            return self.owner[self.row0:self.row0 + self.shape[0]]
+        return self.owner.numpy()[self.row0:self.row0 + self.shape[0]]
+
+
+def _from_numpy(array: np.ndarray) -> DeviceArray:
+    array = np.ascontiguousarray(array)
+    return DeviceArray(array.ctypes.data, tuple(array.shape), array.dtype, "cpu", array)
+
+
+def _session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    # Pre-packing copies weights into kernel layouts per session; without it the sessions of
+    # text_cond, step and fidelity share one memory-mapped copy of transformer.weights.
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # warnings about unused initializers are noise to users
+    return options
+
+
+class OrtBackend:
+    """ONNX Runtime sessions of an export, with pointer-bound runs and session-time accounting.
+
+    Not thread-safe: the pipeline serialises requests. Counters (cumulative over requests):
+    `kv_allocations` and `kv_bytes` (K/V cache buffers allocated, including compactions),
+    `kv_slot_writes` (scales whose new K/V ONNX Runtime wrote in place into the cache),
+    `session_seconds` (time inside ONNX Runtime runs).
+    """
+
+    def __init__(self, manifest: Manifest, device: str = "cpu", graphs: tuple[str, ...] = gio.GRAPHS):
+        if device not in DEVICES:
+            raise StagevarError(f"Device {device!r} is not supported by the ort backend; use 'cpu' or 'cuda'.")
+        if device == "cuda" and _CUDA_EP not in ort.get_available_providers():
+            raise StagevarError("device='cuda' needs onnxruntime-gpu and an NVIDIA GPU, but this onnxruntime "
+                                "has no CUDA provider; install stagevar[gpu] instead of stagevar[cpu], or use device='cpu'.")
+        self.device = device
+        self.manifest = manifest
+        # Resident buffers are OrtValues off the host; on CPU plain numpy memory is the same
+        # thing with less ceremony. (Tests flip this on CPU to exercise the OrtValue path.)
+        self.use_ortvalues = device != "cpu"
+        providers = [_CUDA_EP, _CPU_EP] if device == "cuda" else [_CPU_EP]
+        self.sessions = {name: self._open(name, providers) for name in graphs}
+        self.session_seconds = 0.0
+        self.kv_allocations = 0
+        self.kv_bytes = 0
+        self.kv_slot_writes = 0
+        self.last_kv_cache: KVCache | None = None
+
+    def _open(self, name: str, providers: list[str]) -> ort.InferenceSession:
+        path = self.manifest.graph_path(name)
+        try:
+            session = ort.InferenceSession(str(path), _session_options(), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise StagevarError(f"onnxruntime cannot load graph '{name}' from {path} ({reason}); "
+                                f"export again.") from None
+        if self.device == "cuda" and session.get_providers()[0] != _CUDA_EP:
+            # A failed CUDA load falls back to CPU silently; the user asked for the GPU.
+            raise StagevarError(f"onnxruntime could not start its CUDA provider for graph '{name}' "
+                                f"(the GPU, its driver or the CUDA/cuDNN libraries are missing); "
+                                f"fix the GPU setup or use device='cpu'.")
+        return session
+
+    # ---- memory -----------------------------------------------------------------------------
+
+    def alloc(self, shape, dtype, resident: bool = True, fill: float | None = None) -> DeviceArray:
+        """An uninitialised buffer on the session device (`resident`) or on the host."""
+        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        if not resident or not self.use_ortvalues:
+            host = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
+            return _from_numpy(host)
+        if fill is not None:
+            return self.upload(np.full(shape, fill, dtype))
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device, 0)
+        return DeviceArray(value.data_ptr(), shape, dtype, self.device, value)
+
+    def upload(self, array: np.ndarray) -> DeviceArray:
+        """Host values as a resident buffer (no copy on CPU when already contiguous)."""
+        if not self.use_ortvalues:
+            return _from_numpy(array)
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+        return DeviceArray(value.data_ptr(), tuple(array.shape), np.dtype(array.dtype), self.device, value)
+
+    def select(self, array: DeviceArray, index: tuple) -> DeviceArray:
+        """A compact resident copy of `array[index]` (used once per request, at compaction).
+
+        Off the host the copy goes through host memory: the runtime has no device kernels of
+        its own, and this happens once per request, not per scale.
+        """
+        return self.upload(np.ascontiguousarray(array.numpy()[index]))
+
+    # ---- graph contracts --------------------------------------------------------------------
+
+    def input_dtype(self, graph: str, name: str) -> np.dtype:
+        """The numpy dtype graph `graph` declares for input `name`."""
+        return self._dtype(graph, name, self.sessions[graph].get_inputs())
+
+    def output_dtype(self, graph: str, name: str) -> np.dtype:
+        """The numpy dtype graph `graph` declares for output `name`."""
+        return self._dtype(graph, name, self.sessions[graph].get_outputs())
+
+    def _dtype(self, graph: str, name: str, args) -> np.dtype:
+        for arg in args:
+            if arg.name == name:
+                if arg.type not in _ORT_TYPES:
+                    raise StagevarError(f"Graph '{graph}' declares {name} as {arg.type}, which the ort "
+                                        f"backend cannot bind from numpy; export with fp32 or fp16.")
+                return np.dtype(_ORT_TYPES[arg.type])
+        raise StagevarError(f"Graph '{graph}' has no '{name}' input or output; export again with this "
+                            f"stagevar version.")
+
+    # ---- running ----------------------------------------------------------------------------
+
+    def run_plain(self, graph: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run a graph on host inputs and return its host outputs (text encoder, VAE)."""
+        session = self.sessions[graph]
+        feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtype(graph, k)) for k, v in feeds.items()}
+        start = time.perf_counter()
+        outputs = session.run(None, feeds)
+        self.session_seconds += time.perf_counter() - start
+        return outputs
+
+    def run_bound(self, graph: str, inputs: Mapping[str, np.ndarray | DeviceArray],
+                  outputs: Mapping[str, DeviceArray]) -> None:
+        """Run a graph with every input and output bound by pointer; outputs are written in place.
+
+        Host numpy inputs are cast to the declared dtype. Raises RuntimeError if ONNX Runtime
+        did not write an output into the buffer it was bound to (it never should).
+        """
+        session = self.sessions[graph]
+        binding = session.io_binding()
+        keep = []  # the cast host copies must outlive the run
+        for name, value in inputs.items():
+            if not isinstance(value, DeviceArray):
+                value = _from_numpy(np.asarray(value, dtype=self.input_dtype(graph, name)))
+                keep.append(value)
+            elif value.dtype != self.input_dtype(graph, name):
+                raise RuntimeError(f"{graph}.{name} is {value.dtype}, the graph wants {self.input_dtype(graph, name)}")
+            binding.bind_input(name, value.device, 0, value.dtype, list(value.shape), value.ptr)
+        for name, value in outputs.items():
+            binding.bind_output(name, value.device, 0, value.dtype, list(value.shape), value.ptr)
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)
+        self.session_seconds += time.perf_counter() - start
+        for (name, value), got in zip(outputs.items(), binding.get_outputs()):
+            if got.data_ptr() != value.ptr:
+                raise RuntimeError(f"onnxruntime did not write {graph}.{name} into its bound buffer")
+
+    # ---- K/V cache --------------------------------------------------------------------------
+
+    def new_kv_cache(self, capacity: int, depth: int, rows: int, heads: int, head_dim: int,
+                     dtype) -> "KVCache":
+        """The one K/V buffer of a request, for `capacity` tokens (all its CFG/UNCOND scales)."""
+        cache = KVCache(self, capacity, (depth, 2, rows, heads, head_dim), np.dtype(dtype))
+        self.last_kv_cache = cache
+        return cache
+
+
+class KVCache:
+    """A request's token-major K/V cache [tokens, depth, 2 (k, v), rows, heads, head_dim].
+
+    Tokens are the outermost axis, so the past tokens are the contiguous prefix [0, length) and
+    a scale's new K/V is the contiguous slot after it. `writes` lists (start, tokens) of each
+    slot written. `debug_fill` (tests only) fills new buffers so unwritten slots show.
+    """
+
+    debug_fill: float | None = None
+
+    def __init__(self, backend: OrtBackend, capacity: int, tail: tuple[int, ...], dtype: np.dtype):
+        self.backend = backend
+        self.capacity = int(capacity)
+        self.tail = tail
+        self.length = 0
+        self.allocations = 0
+        self.writes: list[tuple[int, int]] = []
+        self.buffer = self._allocate(tail, dtype)
+
+    @property
+    def rows(self) -> int:
+        return self.tail[2]
+
+    def _allocate(self, tail: tuple[int, ...], dtype: np.dtype) -> DeviceArray:
+        buf = self.backend.alloc((max(self.capacity, 1), *tail), dtype, fill=self.debug_fill)
+        self.allocations += 1
+        self.backend.kv_allocations += 1
+        self.backend.kv_bytes += buf.nbytes
+        return buf
+
+    def prefix(self) -> DeviceArray:
+        """The past tokens [0, length): the `past_kv` input of the next scale."""
+        return self.buffer.rows(0, self.length)
+
+    def slot(self, tokens: int) -> DeviceArray:
+        """The slot [length, length + tokens) that the next scale's `new_kv` output is bound to."""
+        if self.length + tokens > self.capacity:
+            raise RuntimeError(f"K/V cache of {self.capacity} tokens cannot take {tokens} more after {self.length}")
+        return self.buffer.rows(self.length, self.length + tokens)
+
+    def commit(self, tokens: int) -> None:
+        """Record that the slot of `tokens` tokens was written; it becomes part of the prefix."""
+        self.writes.append((self.length, tokens))
+        self.length += tokens
+        self.backend.kv_slot_writes += 1
+
+    def compact(self, start: int, stop: int) -> None:
+        """Keep rows [start, stop) of every token (the null rows): one copy into a new buffer."""
+        old = self.buffer
+        tail = (*self.tail[:2], stop - start, *self.tail[3:])
+        if not self.backend.use_ortvalues:
+            self.tail = tail
+            self.buffer = self._allocate(tail, old.dtype)
+            self.buffer.numpy()[: self.length] = old.numpy()[: self.length, :, :, start:stop]
+            return
+        host = np.empty((max(self.capacity, 1), *tail), old.dtype)
+        host[: self.length] = old.numpy()[: self.length, :, :, start:stop]
+        self.tail = tail
+        self.buffer = self.backend.upload(host)
+        self.allocations += 1
+        self.backend.kv_allocations += 1
+        self.backend.kv_bytes += self.buffer.nbytes
