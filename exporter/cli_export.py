@@ -15,7 +15,7 @@ from stagevar.runtime.cli_common import run_cli
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.schedules import RESOLUTIONS
 
-from .model_args import add_model_arguments, load_bundle
+from .model_args import add_model_arguments, check_checkpoint_args, load_bundle
 from .progress import PhaseProgress
 
 
@@ -65,6 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         raise StagevarError("--aspect is empty; give at least one width:height such as 1:1.")
     if out.exists() and not args.force:
         raise StagevarError(f"{out} already exists; pass --force to overwrite it or choose another --out.")
+    # Validate every option before any work, so a typo costs nothing and prints one sentence.
+    from stagevar.runtime.rank_table import canonical_alpha
+    from stagevar.runtime.schedules import get_schedule
+
+    for aspect in aspects:
+        get_schedule(aspect, args.resolution)
+    canonical_alpha(args.alpha)
+    if args.batch < 1:
+        raise StagevarError("--batch must be at least 1.")
+    check_checkpoint_args(preset, args)
 
     # fidelity traces in a background process from the start; its phase is the wait for it.
     steps = ["load model", "text_encoder", "text_cond", "step", "vae_decoder", "fidelity", "manifest"]

@@ -17,23 +17,31 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random weights")
 
 
+def check_checkpoint_args(preset, args: argparse.Namespace) -> dict:
+    """The three checkpoint paths, all given and existing, or one clear error."""
+    given = {k: getattr(args, k) for k in ("weights", "vae", "text_encoder")}
+    if any(given.values()) and args.random_init:
+        raise StagevarError("--random-init cannot be combined with --weights, --vae or --text-encoder.")
+    if preset.random_init_only:
+        if any(given.values()):
+            raise StagevarError(f"{preset.name} has no released checkpoint; drop --weights/--vae/--text-encoder.")
+        return given
+    if args.random_init:
+        return given
+    missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if not v]
+    if missing:
+        raise StagevarError(f"{preset.name} needs {', '.join(missing)} (or --random-init for random weights).")
+    for k, v in given.items():
+        if not Path(v).exists():
+            raise StagevarError(f"--{k.replace('_', '-')} path '{v}' does not exist.")
+    return given
+
+
 def load_bundle(preset, args: argparse.Namespace):
     """Random weights (tiny default or --random-init) or the three checkpoints, all or none."""
     from .infinity.model_bundle import InfinityBundle
 
-    given = {k: getattr(args, k) for k in ("weights", "vae", "text_encoder")}
-    if args.random_init or (preset.random_init_only and not any(given.values())):
-        if any(given.values()):
-            raise StagevarError("--random-init cannot be combined with --weights, --vae or --text-encoder.")
+    given = check_checkpoint_args(preset, args)
+    if args.random_init or preset.random_init_only:
         return InfinityBundle.random(preset, seed=args.init_seed)
-    if preset.random_init_only:
-        raise StagevarError(f"{preset.name} has no released checkpoint; drop --weights/--vae/--text-encoder.")
-    missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if not v]
-    if missing:
-        raise StagevarError(
-            f"{preset.name} needs {', '.join(missing)} (or --random-init for random weights)."
-        )
-    for k, v in given.items():
-        if not Path(v).exists():
-            raise StagevarError(f"--{k.replace('_', '-')} path '{v}' does not exist.")
     return InfinityBundle.from_checkpoints(preset, given["weights"], given["vae"], given["text_encoder"])

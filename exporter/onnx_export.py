@@ -66,6 +66,10 @@ def export_program(
         axes = dynamic_axes.get(name)
         shapes.append({axis: _dim(dims, sym) for axis, sym in axes.items()} if axes else None)
     shapes = _group_varargs(module, shapes)
+    on_meta = any(p.device.type == "meta" for p in module.parameters())
+    if on_meta:
+        # Large-model export: weights have no storage, so trace with inputs on meta too.
+        example_args = [a.to("meta") for a in example_args]
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(
             module.eval(),
@@ -79,11 +83,12 @@ def export_program(
             verbose=False,
         )
         if optimize:
-            _light_optimize(program.model)
+            # Weights on the meta device (large-model export) have no values to fold with.
+            _light_optimize(program.model, fold=not on_meta)
     return program
 
 
-def _light_optimize(model) -> None:
+def _light_optimize(model, fold: bool = True) -> None:
     """Constant folding and clean-up passes of the onnxscript optimizer, without its pattern
     rewriter: the rewriter takes ~half of the export time on deep graphs, and ONNX Runtime and
     TensorRT apply their own fusions when they load the graph."""
@@ -91,14 +96,15 @@ def _light_optimize(model) -> None:
     import onnxscript.optimizer as opt
 
     common.InlinePass()(model)
-    opt.fold_constants_ir(model)
-    for cleanup in (
-        common.RemoveUnusedNodesPass(),
-        common.RemoveUnusedFunctionsPass(),
-        common.RemoveUnusedOpsetsPass(),
-        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        common.DeduplicateInitializersPass(),
-        common.CommonSubexpressionEliminationPass(),
-        common.NameFixPass(),
-    ):
+    if fold:
+        opt.fold_constants_ir(model)
+    passes = [common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass()]
+    if fold:
+        passes += [
+            common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            common.DeduplicateInitializersPass(),
+            common.CommonSubexpressionEliminationPass(),
+        ]
+    passes.append(common.NameFixPass())
+    for cleanup in passes:
         cleanup(model)

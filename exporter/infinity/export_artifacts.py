@@ -154,11 +154,12 @@ def export_artifacts(
 
         # The fidelity graph traces in a forked process while this one does the others.
         model = to_fp16_blocks(bundle.transformer) if precision == "fp16" else bundle.transformer
-        job = start_fidelity_export(model, onnx_dir)
+        t_source = bundle.sources.get("transformer")
+        job = start_fidelity_export(model, onnx_dir, t_source)
         writer = SharedWeightsWriter(onnx_dir / WEIGHTS_NAME)
         try:
-            timed(gio.TEXT_ENCODER, lambda: export_text_encoder(bundle, onnx_dir, precision))
-            timed(gio.TEXT_COND + "+" + gio.STEP, lambda: export_cond_and_step(model, onnx_dir, writer, lambda g: report("export", g)), announce=False)
+            timed(gio.TEXT_ENCODER, lambda: export_text_encoder(bundle, onnx_dir, precision, bundle.sources.get("text_encoder")))
+            timed(gio.TEXT_COND + "+" + gio.STEP, lambda: export_cond_and_step(model, onnx_dir, writer, lambda g: report("export", g), t_source), announce=False)
             timed(gio.VAE_DECODER, lambda: export_vae_decoder(bundle, onnx_dir, precision))
             timed(gio.FIDELITY, lambda: finish_fidelity_export(job, onnx_dir, writer))
         finally:

@@ -110,24 +110,33 @@ def _programs(model: InfinityTransformer, names: tuple[str, ...], progress=None)
     return programs
 
 
-def start_fidelity_export(model: InfinityTransformer, folder: Path) -> BackgroundJob:
+def _save(program, path: Path, writer: SharedWeightsWriter, source) -> None:
+    if source is None:
+        save_graph(program, path, writer)
+    else:
+        save_graph(program, path, writer, source)
+
+
+def start_fidelity_export(model: InfinityTransformer, folder: Path, source=None) -> BackgroundJob:
     """Export the fidelity graph in a forked process (its own weights file until merged)."""
 
     def job() -> None:
         program = _programs(model, (gio.FIDELITY,))[gio.FIDELITY]
         writer = SharedWeightsWriter(folder / _FIDELITY_PARTIAL)
         try:
-            save_graph(program, folder / f"{gio.FIDELITY}.onnx", writer)
+            _save(program, folder / f"{gio.FIDELITY}.onnx", writer, source)
         finally:
             writer.close()
 
     return BackgroundJob(job).start()
 
 
-def export_cond_and_step(model: InfinityTransformer, folder: Path, writer: SharedWeightsWriter, progress=None) -> None:
+def export_cond_and_step(model: InfinityTransformer, folder: Path, writer: SharedWeightsWriter, progress=None, source=None) -> None:
     """Export text_cond and step into `folder`, their weights into the shared writer."""
-    for name, program in _programs(model, (gio.TEXT_COND, gio.STEP), progress).items():
-        save_graph(program, folder / f"{name}.onnx", writer)
+    for name in (gio.TEXT_COND, gio.STEP):
+        program = _programs(model, (name,), progress)[name]
+        _save(program, folder / f"{name}.onnx", writer, source)
+        del program  # one traced graph in memory at a time
 
 
 def finish_fidelity_export(job: BackgroundJob, folder: Path, writer: SharedWeightsWriter) -> None:

@@ -54,7 +54,7 @@ def _example_inputs(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def export_text_encoder(bundle, folder: Path, precision: str = "fp32") -> dict:
+def export_text_encoder(bundle, folder: Path, precision: str = "fp32", source=None) -> dict:
     """Export `bundle.text_encoder` to `folder/text_encoder.onnx` + `folder/text_encoder.weights`.
 
     Returns a record for the manifest: graph name, files, the precision requested and the one
@@ -72,7 +72,7 @@ def export_text_encoder(bundle, folder: Path, precision: str = "fp32") -> dict:
     path = folder / f"{TEXT_ENCODER}.onnx"
     writer = SharedWeightsWriter(folder / f"{TEXT_ENCODER}.weights")
     try:
-        save_graph(program, path, writer)
+        save_graph(program, path, writer, *(() if source is None else (source,)))
     finally:
         writer.close()
     record = {

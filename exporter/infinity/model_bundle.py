@@ -11,7 +11,8 @@ import torch
 from ..checkpoint_io import sha256_file, sha256_tree
 from .checkpoint import load_transformer
 from .presets import InfinityPreset
-from .random_init import random_transformer
+from .lazy_text_encoder import lazy_random_text_encoder
+from .random_init import lazy_random_transformer, random_transformer
 from .text_encoder import T5TextEncoder, build_random_text_encoder, load_text_encoder
 from .tokenizer import build_tiny_tokenizer, encode_prompts
 from .vae_checkpoint import load_vae_decoder
@@ -27,6 +28,13 @@ class InfinityBundle:
     tokenizer: object  # tokenizers.Tokenizer
     # Where the weights came from: checkpoint sha256s, or {"random_init": seed}.
     provenance: dict = field(default_factory=dict)
+    # Large random-init models live on the meta device; these produce their weights at save time.
+    sources: dict = field(default_factory=dict)
+
+    @property
+    def is_lazy(self) -> bool:
+        """True when the torch modules have no weights in memory (export only, no eager run)."""
+        return bool(self.sources)
 
     @property
     def max_text_tokens(self) -> int:
@@ -34,8 +42,23 @@ class InfinityBundle:
         return min(self.preset.text.max_length, self.preset.transformer.text_maxlen)
 
     @classmethod
-    def random(cls, preset: InfinityPreset, seed: int = 0) -> "InfinityBundle":
-        """Deterministic random weights for every part (tests, demos, export dry-runs)."""
+    def random(cls, preset: InfinityPreset, seed: int = 0, lazy: bool | None = None) -> "InfinityBundle":
+        """Deterministic random weights for every part (tests, demos, export dry-runs).
+
+        `lazy` (default: for models over 1 B parameters) keeps the transformer and the text
+        encoder on the meta device and generates their weights tensor by tensor while the
+        graphs are written, so exporting Infinity-2B/8B fits in a 24 GB machine.
+        """
+        if lazy is None:
+            lazy = preset.transformer.depth * 28 * preset.transformer.embed_dim**2 > 1e9
+        if lazy:
+            transformer, t_source = lazy_random_transformer(preset.transformer, seed)
+            text, e_source = lazy_random_text_encoder(preset.text, seed + 2)
+            with torch.random.fork_rng():
+                torch.manual_seed(seed + 1)
+                vae = BSQVAEDecoder(preset.vae).eval()
+            return cls(preset, transformer, vae, text, build_tiny_tokenizer(), {"random_init": seed},
+                       {"transformer": t_source, "text_encoder": e_source})
         transformer = random_transformer(preset.transformer, seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1)

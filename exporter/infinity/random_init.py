@@ -8,11 +8,13 @@ realistic spread (most bits sampled, some snapped by top-p), not to match traine
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 from torch import nn
 
 from .config import InfinityConfig
+from ..lazy_weights import LazyWeights, meta_shapes
 from .transformer import InfinityTransformer
 
 
@@ -28,36 +30,55 @@ def official_cfg_uncond_rows(rows: int, text_channels: int) -> torch.Tensor:
     return t / text_channels**0.5
 
 
+def _seed(seed: int, name: str) -> int:
+    # Per-tensor seeds make each weight independent of construction order, so a weight can be
+    # generated alone at save time (large-model export) and still equal the eager model's.
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def random_tensor(name: str, shape: tuple[int, ...], config: InfinityConfig, seed: int) -> torch.Tensor:
+    """The fp32 value of parameter or buffer `name` in a model randomised with `seed`."""
+    rng = torch.Generator(device="cpu").manual_seed(_seed(seed, name))
+    leaf = name.rsplit(".", 1)[-1]
+    std = math.sqrt(1 / config.embed_dim / 3)
+    if leaf == "zero_k_bias":
+        return torch.zeros(shape)
+    if name == "cfg_uncond":
+        return official_cfg_uncond_rows(shape[0], shape[1])
+    if leaf == "scale_mul_1H11":
+        return torch.full(shape, math.log(4.0))
+    if name.endswith("norm.weight"):
+        return 1 + 0.1 * torch.randn(shape, generator=rng)
+    if leaf == "ada_gss":
+        return torch.randn(shape, generator=rng) / config.embed_dim**0.5
+    if leaf in ("bias", "q_bias", "v_bias"):
+        return 0.02 * torch.randn(shape, generator=rng)
+    if name == "head.weight":
+        # Wider head so bit logits spread over a few units: sampled bits, not all snapped.
+        return torch.randn(shape, generator=rng) * 2.0 / shape[1] ** 0.5
+    if "text_proj_for_sos" in name and leaf == "mat_q":
+        return torch.randn(shape, generator=rng) * std
+    if len(shape) >= 2:
+        return torch.randn(shape, generator=rng) / shape[-1] ** 0.5
+    return torch.randn(shape, generator=rng) * std
+
+
 @torch.no_grad()
 def randomize_(model: InfinityTransformer, seed: int) -> InfinityTransformer:
-    """Fill every parameter of `model` from a generator seeded `seed`, in place."""
-    cfg: InfinityConfig = model.config
-    rng = torch.Generator(device="cpu").manual_seed(seed)
-    std = math.sqrt(1 / cfg.embed_dim / 3)
+    """Fill every parameter of `model` from per-name generators derived from `seed`, in place."""
     for name, p in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        if name == "cfg_uncond":
-            p.copy_(official_cfg_uncond_rows(p.shape[0], p.shape[1]))
-        elif leaf == "scale_mul_1H11":
-            p.fill_(math.log(4.0))
-        elif name.endswith("norm.weight") or name.endswith("ca_norm.weight"):
-            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=rng))
-        elif leaf == "ada_gss":
-            p.copy_(torch.randn(p.shape, generator=rng) / cfg.embed_dim**0.5)
-        elif leaf in ("bias", "q_bias", "v_bias"):
-            p.copy_(0.02 * torch.randn(p.shape, generator=rng))
-        elif name.startswith("head.weight"):
-            # Wider head so bit logits spread over a few units: sampled bits, not all snapped.
-            p.copy_(torch.randn(p.shape, generator=rng) * 2.0 / p.shape[1] ** 0.5)
-        elif p.dim() >= 2 and "mat_q" in name and "text_proj_for_sos" in name:
-            p.copy_(torch.randn(p.shape, generator=rng) * std)
-        elif p.dim() >= 2:
-            p.copy_(torch.randn(p.shape, generator=rng) / p.shape[-1] ** 0.5)
-        else:
-            p.copy_(torch.randn(p.shape, generator=rng) * std)
+        p.copy_(random_tensor(name, tuple(p.shape), model.config, seed))
     return model
 
 
 def random_transformer(config: InfinityConfig, seed: int = 0) -> InfinityTransformer:
     """A new eval-mode transformer with deterministic random weights."""
     return randomize_(InfinityTransformer(config), seed).eval()
+
+
+def lazy_random_transformer(config: InfinityConfig, seed: int = 0) -> tuple[InfinityTransformer, LazyWeights]:
+    """The transformer on the meta device plus the source of its random weights."""
+    with torch.device("meta"):
+        model = InfinityTransformer(config).eval()
+    source = LazyWeights(meta_shapes(model), lambda key, shape: random_tensor(key, shape, config, seed), f"{config.depth}-block transformer")
+    return model, source

@@ -189,7 +189,7 @@ def block_causal_bias(token_counts: list[int], dtype=torch.float32) -> torch.Ten
 
 def text_key_bias(mask_BT: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """(B, 1, 1, T) additive bias from a 0/1 attention mask."""
-    bias = torch.zeros(mask_BT.shape, dtype=dtype).masked_fill(mask_BT == 0, float("-inf"))
+    bias = torch.zeros(mask_BT.shape, dtype=dtype, device=mask_BT.device).masked_fill(mask_BT == 0, float("-inf"))
     return bias[:, None, None, :]
 
 

@@ -1,0 +1,22 @@
+"""Session-wide fixtures: the tiny model and one export of it, shared by the slow-to-build tests."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle():
+    from stagevar.exporter.infinity.model_bundle import InfinityBundle
+    from stagevar.exporter.infinity.presets import infinity_tiny
+
+    return InfinityBundle.random(infinity_tiny(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_bundle, tmp_path_factory):
+    """infinity-tiny exported once (fp32, aspects 1:1 and 2:1); treat as read-only."""
+    from stagevar.exporter.infinity.export_artifacts import export_artifacts
+
+    out = tmp_path_factory.mktemp("artifacts") / "infinity-tiny"
+    return export_artifacts(tiny_bundle, out, aspects=("1:1", "2:1"))

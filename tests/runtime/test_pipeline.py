@@ -1,0 +1,280 @@
+"""The ONNX Runtime pipeline: parity with the eager reference, determinism, batching, the K/V
+cache contract, torch-free use, and one-sentence errors.
+
+One infinity-tiny export (1:1 and 2:1) is shared by the module; the reference sampler runs
+the same random weights in torch.
+"""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from stagevar.exporter.infinity.export_artifacts import export_artifacts
+from stagevar.exporter.infinity.model_bundle import InfinityBundle
+from stagevar.exporter.infinity.presets import infinity_tiny
+from stagevar.exporter.infinity.sampler import ReferenceSampler
+from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.ort_backend import KVCache
+from stagevar.runtime.pipeline import Pipeline, PipelineOutput
+from stagevar.runtime.schedules import get_schedule
+from stagevar.runtime.stage_plan import PLAN_PRESETS, Mode, make_plan
+
+PROMPT = "a photo of a cat"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return InfinityBundle.random(infinity_tiny(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def artifacts(bundle, tmp_path_factory):
+    return export_artifacts(bundle, tmp_path_factory.mktemp("pipeline") / "art", aspects=("1:1", "2:1"))
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    return ReferenceSampler(bundle)
+
+
+@pytest.fixture(scope="module")
+def pipe(artifacts):
+    return Pipeline.from_dir(artifacts)
+
+
+def _pixel_values(bundle, codes):
+    """The reference's float pixel values (N, H, W, 3) before truncation to uint8."""
+    with torch.no_grad():
+        img = bundle.vae(torch.from_numpy(np.ascontiguousarray(codes)))
+    return ((img + 1.0) / 2.0 * 255.0).permute(0, 2, 3, 1).numpy()
+
+
+def assert_matches_reference(out: PipelineOutput, ref, bundle):
+    """Bits (and LOWRANK indices) of every scale and the decoded codes equal the reference's;
+    images equal except where torch's pixel value sits on an integer (uint8 truncation of a
+    value within float rounding of the boundary in the VAE graph)."""
+    assert [t.mode for t in out.intermediates] == [r.mode for r in ref.records]
+    for mine, theirs in zip(out.intermediates, ref.records):
+        if theirs.mode is Mode.SKIP:
+            assert mine.bits is None and theirs.bits is None
+            continue
+        np.testing.assert_array_equal(mine.bits, theirs.bits, err_msg=f"scale {mine.index}")
+        scale = float(np.abs(theirs.logits).max())
+        assert np.abs(mine.logits - theirs.logits).max() <= 1e-5 * max(scale, 1.0)
+        for a, b in zip(mine.indices, theirs.indices, strict=True):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(out.codes, ref.codes)
+    diff = out.images.astype(np.int16) - ref.images.astype(np.int16)
+    flipped = diff != 0
+    if flipped.any():
+        values = _pixel_values(bundle, ref.codes)[flipped]
+        boundary = np.maximum(out.images, ref.images)[flipped].astype(np.float32)
+        assert np.abs(diff).max() == 1
+        assert np.abs(values - boundary).max() < 5e-3, "an image pixel differs away from a uint8 boundary"
+        assert flipped.mean() < 1e-3
+
+
+def _logit_diffs(out, ref):
+    """Max |logit difference| on step scales and on fidelity scales."""
+    diffs = {"step": 0.0, "fidelity": 0.0}
+    for mine, theirs in zip(out.intermediates, ref.records):
+        if theirs.logits is not None:
+            key = "fidelity" if theirs.mode is Mode.LOWRANK else "step"
+            diffs[key] = max(diffs[key], float(np.abs(mine.logits - theirs.logits).max()))
+    return diffs
+
+
+CASES = [(plan, "0.25M") for plan in PLAN_PRESETS] + [("exact", "1M"), ("stagevar", "1M")]
+
+
+@pytest.mark.parametrize("plan,resolution", CASES)
+def test_pipeline_matches_reference_sampler(pipe, reference, bundle, plan, resolution):
+    out = pipe(PROMPT, seed=3, plan=plan, resolution=resolution, output_type="np", return_intermediates=True)
+    ref = reference.generate(PROMPT, seed=3, plan=plan, resolution=resolution, keep_intermediates=True)
+    assert out.images.shape == ref.images.shape and out.images.dtype == np.uint8
+    assert out.plan == plan and out.seeds == [3]
+    assert_matches_reference(out, ref, bundle)
+    print(plan, resolution, _logit_diffs(out, ref))
+
+
+def test_non_square_aspect_matches_reference_and_gives_a_wide_image(pipe, reference, bundle):
+    out = pipe(PROMPT, seed=5, plan="stagevar", aspect="2:1", resolution="0.25M", return_intermediates=True,
+               output_type="np")
+    ref = reference.generate(PROMPT, seed=5, plan="stagevar", aspect="2:1", resolution="0.25M",
+                             keep_intermediates=True)
+    assert_matches_reference(out, ref, bundle)
+    (image,) = pipe(PROMPT, seed=5, plan="stagevar", aspect="2:1", resolution="0.25M").images
+    h, w = get_schedule("2:1", "0.25M").pixel_hw(patch=4)
+    assert image.size == (w, h) and w == 2 * h and image.mode == "RGB"
+
+
+def test_aspect_not_in_the_manifest_runs_on_ort(pipe, artifacts):
+    assert "4:3" not in json.loads((artifacts / "manifest.json").read_text())["aspects"]
+    out = pipe("a boat", seed=1, plan="stagevar", aspect="4:3", resolution="0.06M", output_type="np")
+    assert out.images.shape[0] == 1 and out.images.shape[2] > out.images.shape[1]
+
+
+def test_same_seed_twice_is_identical_and_another_seed_is_not(pipe):
+    a = pipe("a red apple", seed=9, plan="stagevar", resolution="0.25M", output_type="np")
+    b = pipe("a red apple", seed=9, plan="stagevar", resolution="0.25M", output_type="np")
+    c = pipe("a red apple", seed=10, plan="stagevar", resolution="0.25M", output_type="np")
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_a_batch_equals_its_prompts_run_alone_with_consecutive_seeds(pipe):
+    both = pipe(["a cat", "a dog"], seed=7, plan="stagevar-full", resolution="0.25M", output_type="np")
+    cat = pipe("a cat", seed=7, plan="stagevar-full", resolution="0.25M", output_type="np")
+    dog = pipe("a dog", seed=8, plan="stagevar-full", resolution="0.25M", output_type="np")
+    assert both.seeds == [7, 8]
+    np.testing.assert_array_equal(both.images, np.concatenate([cat.images, dog.images]))
+    per_prompt = pipe("a cat", seed=7, plan="stagevar", resolution="0.06M", num_images_per_prompt=2,
+                      output_type="np")
+    explicit = pipe(["a cat", "a cat"], seed=[7, 8], plan="stagevar", resolution="0.06M", output_type="np")
+    np.testing.assert_array_equal(per_prompt.images, explicit.images)
+
+
+@pytest.mark.parametrize("plan,allocations", [("exact", 1), ("stagevar", 2), ("cfg-off", 2)])
+def test_kv_cache_is_one_buffer_per_request_written_in_place(pipe, monkeypatch, plan, allocations):
+    monkeypatch.setattr(KVCache, "debug_fill", np.nan)  # an unwritten slot would stay NaN
+    backend = pipe.backend
+    before = (backend.kv_allocations, backend.kv_slot_writes)
+    pipe("a cat", seed=0, plan=plan, resolution="0.25M", num_images_per_prompt=2, output_type="np")
+    schedule = get_schedule("1:1", "0.25M")
+    modes = make_plan(plan, schedule).modes
+    steps = [k for k, m in enumerate(modes) if m in (Mode.CFG, Mode.UNCOND)]
+    cache = backend.last_kv_cache
+    assert backend.kv_allocations - before[0] == cache.allocations == allocations
+    assert backend.kv_slot_writes - before[1] == len(steps)
+    # The slots of the step scales tile the buffer in token order, and every one was written.
+    assert cache.writes == [(schedule.offsets[k], schedule.token_counts[k]) for k in steps]
+    assert cache.length == cache.capacity == sum(schedule.token_counts[k] for k in steps)
+    compacted = any(m not in (Mode.CFG, Mode.SKIP) for m in modes)
+    assert cache.rows == (2 if compacted else 4)  # 2 images: [cond; null] rows, or null rows only
+    assert not np.isnan(cache.buffer.numpy()).any()
+
+
+def test_ortvalue_buffers_the_cuda_path_uses_give_the_same_image(pipe, monkeypatch):
+    plain = pipe("a tree", seed=2, plan="stagevar-full", resolution="0.25M", output_type="np")
+    monkeypatch.setattr(pipe.backend, "use_ortvalues", True)
+    resident = pipe("a tree", seed=2, plan="stagevar-full", resolution="0.25M", output_type="np")
+    assert type(pipe.backend.last_kv_cache.buffer.owner).__name__ == "OrtValue"
+    np.testing.assert_array_equal(plain.images, resident.images)
+
+
+def test_timings_cover_every_stage_and_scale(pipe):
+    out = pipe("a cat", seed=0, plan="stagevar", resolution="0.25M")
+    t = out.timings
+    modes = [s["mode"] for s in t["scales"]]
+    assert modes == [m.value for m in make_plan("stagevar", get_schedule("1:1", "0.25M")).modes]
+    assert t["scales"][0]["hw"] == [1, 1] and all(s["seconds"] >= 0 for s in t["scales"])
+    assert t["text"] > 0 and t["vae"] > 0 and 0 <= t["session"] <= t["total"]
+    assert t["overhead"] == pytest.approx(t["total"] - t["session"])
+
+
+def test_concurrent_calls_are_serialised_and_stay_deterministic(pipe):
+    expected = pipe("a lamp", seed=4, plan="stagevar", resolution="0.06M", output_type="np").images
+    results = [None] * 3
+
+    def work(i):
+        results[i] = pipe("a lamp", seed=4, plan="stagevar", resolution="0.06M", output_type="np").images
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for images in results:
+        np.testing.assert_array_equal(images, expected)
+
+
+def test_pipeline_loads_and_generates_with_torch_unimportable(pipe, artifacts):
+    code = textwrap.dedent(f"""
+        import hashlib, sys
+        for name in ("torch", "transformers", "stagevar.exporter"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        from stagevar.runtime.pipeline import Pipeline
+        pipe = Pipeline.from_dir({str(artifacts)!r})
+        out = pipe("a red bus", seed=11, plan="stagevar", resolution="0.06M", output_type="np")
+        loaded = [m for m, v in sys.modules.items() if v is not None]
+        assert not any(m.split(".")[0] in ("torch", "transformers") for m in loaded), loaded
+        assert not any(m.startswith("stagevar.exporter") for m in loaded)
+        print(hashlib.sha256(out.images.tobytes()).hexdigest())
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    here = pipe("a red bus", seed=11, plan="stagevar", resolution="0.06M", output_type="np").images
+    assert proc.stdout.strip() == hashlib.sha256(here.tobytes()).hexdigest()
+
+
+# ---- user errors: one sentence each -----------------------------------------------------------
+
+
+def _one_sentence(exc_info) -> str:
+    msg = str(exc_info.value)
+    assert "\n" not in msg and msg.endswith("."), msg
+    return msg
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"plan": "turbo"}, "turbo"),
+    ({"aspect": "10:1"}, "aspect"),
+    ({"resolution": "4M"}, "4M"),
+    ({"output_type": "tensor"}, "output_type"),
+    ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
+    ({"seed": -1}, "Seed"),
+    ({"seed": [1, 2]}, "seed"),
+    ({"tau": 0.0}, "tau"),
+])
+def test_bad_call_arguments_raise_one_sentence(pipe, kwargs, words):
+    with pytest.raises(StagevarError) as info:
+        pipe("a cat", **{"resolution": "0.06M", **kwargs})
+    assert words.lower() in _one_sentence(info).lower()
+
+
+@pytest.mark.parametrize("prompts", [[], "   ", ["a cat", 3]])
+def test_bad_prompts_raise_one_sentence(pipe, prompts):
+    with pytest.raises(StagevarError) as info:
+        pipe(prompts, resolution="0.06M")
+    _one_sentence(info)
+
+
+def test_unknown_or_unbuilt_backends_and_devices_are_refused(artifacts):
+    with pytest.raises(StagevarError) as info:
+        Pipeline.from_dir(artifacts, backend="trt")
+    assert "not built yet" in _one_sentence(info)
+    with pytest.raises(StagevarError) as info:
+        Pipeline.from_dir(artifacts, backend="tvm")
+    assert "tvm" in _one_sentence(info)
+    with pytest.raises(StagevarError) as info:
+        Pipeline.from_dir(artifacts, device="tpu")
+    _one_sentence(info)
+
+
+def test_corrupted_graph_is_refused_by_full_verification(artifacts, tmp_path):
+    copy = shutil.copytree(artifacts, tmp_path / "art")
+    step = copy / "onnx" / "step.onnx"
+    data = bytearray(step.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    step.write_bytes(bytes(data))
+    with pytest.raises(StagevarError) as info:
+        Pipeline.from_dir(copy, verify="full")
+    assert "onnx/step.onnx" in _one_sentence(info)
+
+
+def test_manifest_from_a_newer_stagevar_is_refused(artifacts, tmp_path):
+    copy = shutil.copytree(artifacts, tmp_path / "art")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] += 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StagevarError) as info:
+        Pipeline.from_dir(copy)
+    assert "newer" in _one_sentence(info)
