@@ -98,9 +98,11 @@ class OrtBackend:
                                 "has no CUDA provider; install stagevar[gpu] instead of stagevar[cpu], or use device='cpu'.")
         self.device = device
         self.manifest = manifest
+        self._chunks = _block_chunks(manifest)
         # Resident buffers are OrtValues off the host; on CPU plain numpy memory is the same
         # thing with less ceremony. (Tests flip this on CPU to exercise the OrtValue path.)
         self.use_ortvalues = device != "cpu"
+        self._dtypes: dict[tuple[str, str, str], np.dtype] = {}
         providers = [_CUDA_EP, _CPU_EP] if device == "cuda" else [_CPU_EP]
         self.sessions = {name: self._open(name, providers) for name in graphs}
         self.session_seconds = 0.0
@@ -122,6 +124,13 @@ class OrtBackend:
             raise StagevarError(f"onnxruntime could not start its CUDA provider for graph '{name}' "
                                 f"(the GPU, its driver or the CUDA/cuDNN libraries are missing); "
                                 f"fix the GPU setup or use device='cpu'.")
+        inputs, outputs = _contract(name, self._chunks)
+        have_in = tuple(a.name for a in session.get_inputs())
+        have_out = tuple(a.name for a in session.get_outputs())
+        if set(have_in) != set(inputs) or not set(outputs) <= set(have_out):
+            raise StagevarError(f"Graph '{name}' in {self.manifest.root} does not have the inputs and outputs "
+                                f"this runtime binds (it has {', '.join(have_in)} -> {', '.join(have_out)}); "
+                                f"export again with this stagevar version.")
         return session
 
     # ---- memory -----------------------------------------------------------------------------
@@ -156,21 +165,25 @@ class OrtBackend:
 
     def input_dtype(self, graph: str, name: str) -> np.dtype:
         """The numpy dtype graph `graph` declares for input `name`."""
-        return self._dtype(graph, name, self.sessions[graph].get_inputs())
+        return self._dtype(graph, name, "input")
 
     def output_dtype(self, graph: str, name: str) -> np.dtype:
         """The numpy dtype graph `graph` declares for output `name`."""
-        return self._dtype(graph, name, self.sessions[graph].get_outputs())
+        return self._dtype(graph, name, "output")
 
-    def _dtype(self, graph: str, name: str, args) -> np.dtype:
-        for arg in args:
+    def _dtype(self, graph: str, name: str, kind: str) -> np.dtype:
+        key = (graph, name, kind)
+        if key in self._dtypes:
+            return self._dtypes[key]
+        session = self.sessions[graph]
+        for arg in session.get_inputs() if kind == "input" else session.get_outputs():
             if arg.name == name:
                 if arg.type not in _ORT_TYPES:
                     raise StagevarError(f"Graph '{graph}' declares {name} as {arg.type}, which the ort "
                                         f"backend cannot bind from numpy; export with fp32 or fp16.")
-                return np.dtype(_ORT_TYPES[arg.type])
-        raise StagevarError(f"Graph '{graph}' has no '{name}' input or output; export again with this "
-                            f"stagevar version.")
+                self._dtypes[key] = np.dtype(_ORT_TYPES[arg.type])
+                return self._dtypes[key]
+        raise StagevarError(f"Graph '{graph}' has no '{name}' {kind}; export again with this stagevar version.")
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -204,6 +217,8 @@ class OrtBackend:
             binding.bind_output(name, value.device, 0, value.dtype, list(value.shape), value.ptr)
         start = time.perf_counter()
         session.run_with_iobinding(binding)
+        if self.device != "cpu":
+            binding.synchronize_outputs()  # device outputs are read by the next run or the host
         self.session_seconds += time.perf_counter() - start
         for (name, value), got in zip(outputs.items(), binding.get_outputs()):
             if got.data_ptr() != value.ptr:
@@ -217,6 +232,26 @@ class OrtBackend:
         cache = KVCache(self, capacity, (depth, 2, rows, heads, head_dim), np.dtype(dtype))
         self.last_kv_cache = cache
         return cache
+
+
+def _block_chunks(manifest: Manifest) -> int:
+    try:
+        return int(manifest.model["config"]["block_chunks"])
+    except (KeyError, TypeError, ValueError):
+        raise StagevarError(f"manifest.json in {manifest.root} does not give the model's block_chunks; "
+                            f"export again with this stagevar version.") from None
+
+
+def _contract(graph: str, chunks: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Input and output names of a graph per `graph_io` (fidelity's depend on the chunk count)."""
+    if graph == gio.FIDELITY:
+        return gio.fidelity_inputs(chunks), gio.fidelity_outputs(chunks)
+    return {
+        gio.TEXT_ENCODER: (gio.TEXT_ENCODER_INPUTS, gio.TEXT_ENCODER_OUTPUTS),
+        gio.TEXT_COND: (gio.TEXT_COND_INPUTS, gio.TEXT_COND_OUTPUTS),
+        gio.STEP: (gio.STEP_INPUTS, gio.STEP_OUTPUTS),
+        gio.VAE_DECODER: (gio.VAE_INPUTS, gio.VAE_OUTPUTS),
+    }[graph]
 
 
 class KVCache:

@@ -37,6 +37,7 @@ from .tokenize import encode_prompts, load_tokenizer_json
 BACKENDS = ("ort", "trt")
 OUTPUT_TYPES = ("pil", "np")
 _COND = gio.TEXT_COND_OUTPUTS  # sos, gss, head_ss, text_kv, text_bias
+_AREA_CACHE_SIZE = 4
 _ROW_AXIS = {"sos": 0, "gss": 0, "head_ss": 0, "text_kv": 2, "text_bias": 0}
 
 
@@ -119,6 +120,7 @@ class Pipeline:
         self.spec = ModelSpec.from_manifest(manifest)
         self._lock = threading.Lock()
         self._rope: dict[tuple[float, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._area: dict[tuple[tuple[int, int], tuple[int, int]], DeviceArray] = {}
 
     @classmethod
     def from_dir(cls, path, backend: str = "ort", device: str = "cpu", verify: bool | str = "quick") -> "Pipeline":
@@ -188,8 +190,10 @@ class Pipeline:
         if noise is None:
             seeds = _seeds(seed, n)
             noise = draw_batch_noise(seeds, plan, schedule, spec.bits_per_token)
-        elif len(noise) != schedule.num_scales:
-            raise StagevarError(f"noise has {len(noise)} entries for {schedule.num_scales} scales; give one per scale.")
+        elif len(noise) != schedule.num_scales or any(
+                z is None for z, m in zip(noise, plan.modes) if m is not Mode.SKIP):
+            raise StagevarError(f"noise must hold one entry per scale ({schedule.num_scales}), None only for "
+                                f"skipped scales; draw it with stagevar.runtime.noise.draw_batch_noise.")
 
         timings: dict = {}
         cond = self._encode(prompts, timings)
@@ -317,13 +321,11 @@ class Pipeline:
         """One LOWRANK scale (RP + RTR per chunk); appends no K/V."""
         spec, be = self.spec, self.backend
         n, m = codes.shape[0], rope[0].shape[0]
-        # Area-upsampling the cache grid to this grid, as one (m, mc) matrix over row-major tokens.
-        area = np.kron(area_matrix(cache_hw[0], hw[0]), area_matrix(cache_hw[1], hw[1])).astype(np.float32)
         inputs = {
             "codes": codes, "scale_index": np.array(k, np.int64),
             **{name: cond[name] for name in ("gss", "head_ss", "text_kv", "text_bias")},
             "past_kv": kv.prefix(), "rope_cos": rope[0], "rope_sin": rope[1],
-            "tau": np.array(tau, np.float32), "cache": cache, "area": area,
+            "tau": np.array(tau, np.float32), "cache": cache, "area": self._area_matrix(cache_hw, hw),
             "gumbel": np.stack(noise.gumbel),
             **{f"proj_{c}": q for c, q in enumerate(noise.projections)},
         }
@@ -334,6 +336,18 @@ class Pipeline:
         bound = {"logits": logits, "chunk_outputs": outputs, **{f"indices_{c}": a for c, a in enumerate(indices)}}
         be.run_bound(gio.FIDELITY, inputs, bound)
         return logits.numpy(), outputs, tuple(a.numpy() for a in indices)
+
+
+    def _area_matrix(self, cache_hw: tuple[int, int], hw: tuple[int, int]) -> DeviceArray:
+        """Area-upsampling of the cache grid to this grid as one (m, mc) matrix over row-major
+        tokens; kept resident because it is O(m * mc), the largest fixed input of a scale."""
+        key = (tuple(cache_hw), tuple(hw))
+        if key not in self._area:
+            if len(self._area) >= _AREA_CACHE_SIZE:  # tens of MB each at 1M: keep a few only
+                del self._area[next(iter(self._area))]
+            mat = np.kron(area_matrix(cache_hw[0], hw[0]), area_matrix(cache_hw[1], hw[1]))
+            self._area[key] = self.backend.upload(mat.astype(self.backend.input_dtype(gio.FIDELITY, "area")))
+        return self._area[key]
 
 
 def _seeds(seed, n: int) -> list[int]:

@@ -81,10 +81,32 @@ def infinity_tiny() -> InfinityPreset:
     )
 
 
+def infinity_mid() -> InfinityPreset:
+    """A mid-size random-weight model for CPU benchmarks where GEMMs are a realistic share of the work.
+
+    Same architecture family as Infinity-2B (8 chunks of 1 block, so the StageVAR rank table
+    applies), 512 wide: large enough that matrix products, not per-call overhead, dominate a
+    scale's time on a CPU, small enough to export and run on a laptop. Tiny VAE and T5.
+    """
+    return InfinityPreset(
+        name="infinity-mid",
+        transformer=InfinityConfig(
+            depth=8, embed_dim=512, num_heads=8, block_chunks=8, text_channels=128,
+            text_maxlen=64, code_dim=32, patchify=False,
+        ),
+        vae=vae_tiny_config(),
+        text=tiny_t5_config(),
+        default_cfg=3.0,
+        default_tau=0.5,
+        random_init_only=True,
+    )
+
+
 PRESETS: dict[str, Callable[[], InfinityPreset]] = {
     "infinity-tiny": infinity_tiny,
     "infinity2b": infinity2b,
     "infinity8b": infinity8b,
+    "infinity-mid": infinity_mid,
 }
 
 

@@ -1,8 +1,8 @@
 """The ONNX Runtime pipeline: parity with the eager reference, determinism, batching, the K/V
 cache contract, torch-free use, and one-sentence errors.
 
-One infinity-tiny export (1:1 and 2:1) is shared by the module; the reference sampler runs
-the same random weights in torch.
+The infinity-tiny export (1:1 and 2:1, fp32) is the session's `tiny_artifacts` (conftest.py);
+the reference sampler runs the same random weights (`tiny_bundle`) in torch.
 """
 
 import hashlib
@@ -17,9 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from stagevar.exporter.infinity.export_artifacts import export_artifacts
-from stagevar.exporter.infinity.model_bundle import InfinityBundle
-from stagevar.exporter.infinity.presets import infinity_tiny
 from stagevar.exporter.infinity.sampler import ReferenceSampler
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.ort_backend import KVCache
@@ -31,13 +28,14 @@ PROMPT = "a photo of a cat"
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return InfinityBundle.random(infinity_tiny(), seed=0)
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
-def artifacts(bundle, tmp_path_factory):
-    return export_artifacts(bundle, tmp_path_factory.mktemp("pipeline") / "art", aspects=("1:1", "2:1"))
+def artifacts(tiny_artifacts):
+    """Read-only: tests that damage an export work on a copy."""
+    return tiny_artifacts
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,134 @@
+"""`stagevar-bench`: latency of an export per stage plan, with the eager torch baseline when possible.
+
+Runs the runtime pipeline (cold call, warmup, measured runs) on each plan, then - for exports of
+random-init weights, when torch and the exporter are installed - the eager torch reference on the
+same weights (rebuilt from the manifest's preset and seed), and prints both with ORT/torch ratios.
+It lives in the top-level package because it uses the runtime and, optionally, the exporter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from stagevar.runtime.bench import DEFAULT_PROMPT, benchmark_pipeline, format_table
+from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.stage_plan import PLAN_PRESETS
+
+DEFAULT_JSON = "stagevar-bench.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stagevar-bench", description=__doc__.splitlines()[0])
+    p.add_argument("artifacts", help="export directory (the one holding manifest.json)")
+    p.add_argument("--plans", default="exact,stagevar", help=f"comma-separated stage plans among {', '.join(PLAN_PRESETS)} (default exact,stagevar)")
+    p.add_argument("--backend", default="ort", choices=("ort", "trt"), help="execution backend (default ort)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
+    p.add_argument("--runs", type=int, default=3, help="measured calls per plan (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="discarded calls per plan after the cold one (default 1)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of every call")
+    p.add_argument("--seed", type=int, default=0, help="seed of every call (default 0)")
+    p.add_argument("--aspect", default="1:1", help="width:height (default 1:1)")
+    p.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
+    p.add_argument("--json", default=DEFAULT_JSON, help=f"report file (default ./{DEFAULT_JSON}; never inside the export)")
+    p.add_argument("--no-torch", action="store_true", help="skip the eager torch baseline")
+    return p
+
+
+def _plans(text: str) -> list[str]:
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise StagevarError("--plans is empty; give at least one plan, for example exact,stagevar.")
+    for name in names:
+        if name not in PLAN_PRESETS:
+            raise StagevarError(f"Stage plan {name!r} is not known; choose among {', '.join(PLAN_PRESETS)}.")
+    return names
+
+
+def _json_path(text: str, artifacts: Path) -> Path:
+    path = Path(text)
+    if not path.parent.resolve().is_dir():
+        raise StagevarError(f"The folder of --json '{path}' does not exist; create it first.")
+    # The manifest hashes the export's files; a report written in there would change the folder.
+    if artifacts.is_dir() and path.resolve().is_relative_to(artifacts.resolve()):
+        raise StagevarError(f"--json '{path}' lies inside the export directory; write the report elsewhere.")
+    return path
+
+
+def _torch_bundle(manifest, say):
+    """The random-init bundle of the export, or None (with one line saying why) when it cannot be had."""
+    model = manifest.data.get("model", {})
+    if not model.get("random_init"):
+        say("torch baseline skipped: this export holds checkpoint weights, and timing torch needs the checkpoints "
+            "(use stagevar-reference with them).")
+        return None
+    try:
+        import torch  # noqa: F401  (the exporter needs it; say so plainly when it is missing)
+    except ImportError:
+        say("torch baseline skipped: torch is not installed (pip install stagevar[export] for it).")
+        return None
+    try:
+        from stagevar.exporter.infinity.model_bundle import InfinityBundle
+        from stagevar.exporter.infinity.presets import get_preset
+    except ImportError as exc:
+        say(f"torch baseline skipped: the exporter cannot be imported ({exc}); install stagevar[export] for it.")
+        return None
+    preset = get_preset(model["preset"])
+    if preset.transformer.config_hash() != model.get("config_hash"):
+        say(f"torch baseline skipped: preset {preset.name} has changed since this export was made.")
+        return None
+    return InfinityBundle.random(preset, int(model["weights"]["random_init"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    plans = _plans(args.plans)
+    artifacts = Path(args.artifacts)
+    json_path = _json_path(args.json, artifacts)
+    if args.runs < 1:
+        raise StagevarError("--runs must be at least 1.")
+    if args.warmup < 0:
+        raise StagevarError("--warmup must be zero or more.")
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    from stagevar.runtime.pipeline import Pipeline
+
+    t0 = time.perf_counter()
+    pipe = Pipeline.from_dir(artifacts, backend=args.backend, device=args.device, verify="quick")
+    load_seconds = time.perf_counter() - t0
+    settings = dict(plans=plans, prompt=args.prompt, seed=args.seed, aspect=args.aspect, runs=args.runs,
+                    warmup=args.warmup, progress=say)
+    report = benchmark_pipeline(pipe, resolution=args.resolution, **settings)
+    report["load_seconds"] = load_seconds
+
+    if not args.no_torch:
+        # Imported only now, so the runtime's numbers (and its peak RSS) are taken without torch loaded.
+        bundle = _torch_bundle(pipe.manifest, say)
+        if bundle is not None:
+            from stagevar.exporter.bench_torch import benchmark_torch
+
+            torch_report = benchmark_torch(bundle, resolution=report["settings"]["resolution"],
+                                           alpha=report["settings"]["alpha"], **settings)
+            report["torch"] = torch_report
+            # > 1: the runtime is faster than eager torch on the same weights and plan.
+            report["ort_vs_torch"] = {name: torch_report["plans"][name]["p50"]["total"] / e["p50"]["total"]
+                                      for name, e in report["plans"].items() if e["p50"]["total"] > 0}
+
+    print(format_table(report))
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {json_path}")
+    return 0
+
+
+def entry(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -1,0 +1,162 @@
+"""The benchmark: report structure and invariants, the stagevar-bench command, one-sentence errors.
+
+Timings are never asserted here (the machine may be shared); only what must hold on any machine.
+Runs on the shared infinity-tiny export at 0.06M with one measured run, so it stays fast.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from stagevar.cli_bench import entry
+from stagevar.runtime.bench import STAGES, benchmark_pipeline, format_table
+from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.pipeline import Pipeline
+from stagevar.runtime.schedules import get_schedule
+from stagevar.runtime.stage_plan import PLAN_PRESETS, make_plan
+
+RES = "0.06M"
+FAST = ["--resolution", RES, "--runs", "1", "--warmup", "0"]
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_artifacts):
+    return Pipeline.from_dir(tiny_artifacts)
+
+
+@pytest.fixture(scope="module")
+def report(pipe):
+    return benchmark_pipeline(pipe, plans=PLAN_PRESETS, resolution=RES, runs=1, warmup=0)
+
+
+def test_report_has_every_plan_stage_and_scale(report):
+    schedule = get_schedule("1:1", RES)
+    assert list(report["plans"]) == list(PLAN_PRESETS)
+    for name, entry_ in report["plans"].items():
+        for key in ("cold", "p50", "p90"):
+            assert set(entry_[key]) == set(STAGES), (name, key)
+        assert [s["scale"] for s in entry_["scales"]] == list(range(schedule.num_scales))
+        assert [tuple(s["hw"]) for s in entry_["scales"]] == list(schedule.scales)
+        assert len(entry_["totals"]) == 1
+    for key in ("speedup", "speedup_baseline", "peak_rss_mb", "device", "backend", "artifacts", "machine"):
+        assert key in report
+    assert report["artifacts"]["preset"] == "infinity-tiny" and report["artifacts"]["precision"] == "fp32"
+    assert report["backend"] == "ort" and report["device"] == "cpu"
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["onnxruntime"]
+    assert report["peak_rss_mb"] > 0
+
+
+def test_p50_never_exceeds_p90_and_one_run_gives_equal_percentiles(report):
+    for entry_ in report["plans"].values():
+        for stage in STAGES:
+            assert entry_["p50"][stage] <= entry_["p90"][stage]
+            assert entry_["p50"][stage] == entry_["p90"][stage]  # one run
+        for s in entry_["scales"]:
+            assert s["p50"] <= s["p90"]
+
+
+def test_token_counts_equal_the_plans_token_passes(report, pipe):
+    schedule = get_schedule("1:1", RES)
+    for name, entry_ in report["plans"].items():
+        plan = make_plan(name, schedule, num_chunks=pipe.spec.block_chunks, alpha=pipe.manifest.data["alpha"])
+        assert entry_["tokens"] == plan.token_passes(schedule)
+        assert [s["mode"] for s in entry_["scales"]] == [m.value for m in plan.modes]
+    assert report["plans"]["stagevar"]["tokens"] < report["plans"]["exact"]["tokens"]
+
+
+def test_speedup_is_relative_to_exact_and_covers_stagevar(report):
+    assert report["speedup_baseline"] == "exact"
+    assert report["speedup"]["exact"] == 1.0
+    assert report["speedup"]["stagevar"] > 0
+    exact, stagevar = report["plans"]["exact"]["p50"]["total"], report["plans"]["stagevar"]["p50"]["total"]
+    assert report["speedup"]["stagevar"] == pytest.approx(exact / stagevar)
+
+
+def test_speedup_is_relative_to_the_first_plan_without_exact(pipe):
+    r = benchmark_pipeline(pipe, plans=["cfg-off", "stagevar"], resolution=RES, runs=1, warmup=0)
+    assert r["speedup_baseline"] == "cfg-off"
+    assert r["speedup"]["cfg-off"] == 1.0 and "stagevar" in r["speedup"]
+
+
+def test_overhead_share_is_a_fraction_of_the_total(report):
+    for entry_ in report["plans"].values():
+        assert 0.0 <= entry_["overhead_share"] <= 1.0
+        assert entry_["p50"]["overhead"] <= entry_["p50"]["total"]
+
+
+def test_skipped_scales_cost_nothing(report):
+    for s in report["plans"]["stagevar"]["scales"]:
+        if s["mode"] == "skip":
+            assert s["p50"] == 0.0
+
+
+def test_non_square_aspect_reports_its_own_grids(pipe):
+    r = benchmark_pipeline(pipe, plans=["stagevar"], aspect="2:1", resolution=RES, runs=1, warmup=0)
+    assert r["settings"]["aspect"] == "2:1"
+    assert [tuple(s["hw"]) for s in r["plans"]["stagevar"]["scales"]] == list(get_schedule("2:1", RES).scales)
+
+
+def test_report_is_json_serialisable_and_tabulates(report):
+    json.loads(json.dumps(report))
+    table = format_table(report)
+    for name in PLAN_PRESETS:
+        assert name in table
+    assert "p50 per scale" in table
+
+
+@pytest.mark.parametrize("kwargs", [{"runs": 0}, {"warmup": -1}, {"plans": ["fastest"]}, {"plans": []},
+                                    {"plans": ["exact", "exact"]}])
+def test_bad_settings_are_refused_before_any_timing(pipe, kwargs):
+    with pytest.raises(StagevarError):
+        benchmark_pipeline(pipe, **{"resolution": RES, **kwargs})
+
+
+def test_cli_writes_json_with_speedup_and_torch_baseline_and_prints_tables(tiny_artifacts, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tiny_artifacts.rglob("*"))
+    assert entry([str(tiny_artifacts), *FAST]) == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "stagevar-bench.json").read_text())  # the default path
+    assert "speedup" in data and set(data["speedup"]) == {"exact", "stagevar"}
+    # The export is random-init, so the eager torch baseline ran on the same weights.
+    assert set(data["torch"]["plans"]) == {"exact", "stagevar"} and set(data["ort_vs_torch"]) == {"exact", "stagevar"}
+    for name, e in data["torch"]["plans"].items():
+        assert e["tokens"] == data["plans"][name]["tokens"]
+        assert {"text", "scales", "vae", "total"} <= set(e["p50"])
+    assert "speedup" in out and "eager torch" in out and "stagevar-bench.json" in out
+    assert sorted(tiny_artifacts.rglob("*")) == before  # nothing written into the export
+
+
+def test_cli_without_torch_skips_the_baseline(tiny_artifacts, tmp_path, capsys):
+    path = tmp_path / "r.json"
+    assert entry([str(tiny_artifacts), *FAST, "--plans", "stagevar", "--no-torch", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert "torch" not in data and data["speedup_baseline"] == "stagevar"
+
+
+@pytest.mark.parametrize("args", [["{missing}"], ["{art}", "--plans", "exact,fastest"], ["{art}", "--runs", "0"],
+                                  ["{art}", "--json", "{art}/bench.json"]])
+def test_cli_errors_exit_2_with_one_sentence(tiny_artifacts, tmp_path, capsys, args):
+    argv = [a.format(missing=tmp_path / "nope", art=tiny_artifacts) for a in args]
+    assert entry(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert not (tiny_artifacts / "bench.json").exists()
+
+
+def test_bench_command_and_module_import_without_torch():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torch"] = None  # any "import torch" now raises ImportError
+        import stagevar.runtime.bench, stagevar.cli_bench
+        assert not any(m == "torch" or m.startswith("torch.") for m, v in sys.modules.items() if v is not None)
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
