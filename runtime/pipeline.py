@@ -206,7 +206,7 @@ class Pipeline:
         if output_type == "pil":
             from PIL import Image
 
-            images = [Image.fromarray(img, mode="RGB") for img in images]
+            images = [Image.fromarray(img) for img in images]  # (H, W, 3) uint8 is RGB
         timings["total"] = time.perf_counter() - start
         timings["session"] = self.backend.session_seconds - session_start
         timings["overhead"] = timings["total"] - timings["session"]
