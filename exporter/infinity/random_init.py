@@ -55,7 +55,7 @@ def random_tensor(name: str, shape: tuple[int, ...], config: InfinityConfig, see
         return 0.02 * torch.randn(shape, generator=rng)
     if name == "head.weight":
         # Wider head so bit logits spread over a few units: sampled bits, not all snapped.
-        return torch.randn(shape, generator=rng) * 2.0 / shape[1] ** 0.5
+        return torch.randn(shape, generator=rng) * 1.0 / shape[1] ** 0.5
     if "text_proj_for_sos" in name and leaf == "mat_q":
         return torch.randn(shape, generator=rng) * std
     if len(shape) >= 2:
