@@ -166,6 +166,7 @@ def benchmark_pipeline(
     alpha = manifest.data.get("alpha", "0.96")
     resolved = resolve_plans(plans, schedule, pipe.spec.block_chunks, alpha)
     say = progress or (lambda message: None)
+    machine = machine_info()  # load average before the runs; "load_avg_end" after them
     entries = {}
     for plan in resolved:
         say(f"ort {plan.name}: 1 cold + {warmup} warmup + {runs} measured")
@@ -185,10 +186,11 @@ def benchmark_pipeline(
         "providers": pipe.backend.sessions[next(iter(pipe.backend.sessions))].get_providers(),
         "artifacts": {"path": str(manifest.root), "preset": model.get("preset"),
                       "precision": manifest.data.get("precision"), "random_init": model.get("random_init")},
-        "machine": machine_info(),
+        "machine": machine,
     }
     add_speedups(report)
     report["peak_rss_mb"] = peak_rss_mb()
+    report["machine"]["load_avg_end"] = machine_info().get("load_avg")
     return report
 
 
@@ -257,7 +259,9 @@ def format_table(report: dict) -> str:
     torch_report = report.get("torch")
     if torch_report:
         parts += ["eager torch (fp32) baseline:", _plan_table(torch_report, "torch ")]
-    rss = report.get("peak_rss_mb")
-    if rss is not None:
-        parts.append(f"peak RSS {rss:.0f} MB")
+    rss, machine = report.get("peak_rss_mb"), report.get("machine", {})
+    load = machine.get("load_avg")
+    parts.append(f"{machine.get('cpu_count', '?')} CPUs"
+                 + (f", load {load[0]:.2f} at start" if load else "")
+                 + (f", peak RSS {rss:.0f} MB" if rss is not None else ""))
     return "\n".join(parts)

@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifacts", help="export directory (the one holding manifest.json)")
     p.add_argument("prompts", nargs="+", help="one or more prompts")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i (default 0)")
-    p.add_argument("--plan", default=DEFAULT_PLAN, choices=PLAN_PRESETS, help=f"stage plan (default {DEFAULT_PLAN})")
+    p.add_argument("--plan", default=DEFAULT_PLAN, help=f"stage plan: {', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN})")
     p.add_argument("--aspect", default="1:1", help="width:height, e.g. 1:1, 16:9 (nearest template)")
     p.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
