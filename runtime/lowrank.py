@@ -14,7 +14,12 @@ from .resize import area_resize_tokens
 
 
 def representative_indices(x_BMC: np.ndarray, gumbel_BM: np.ndarray, r: int) -> np.ndarray:
-    """(B, r) int64: the r largest log(||x_i||^2) + g_i, in descending score order.
+    """(B, r) int64: the positions of the r largest log(||x_i||^2) + g_i, in ascending order.
+
+    Ascending (raster) order, not sample order: the released code pairs chunk output j with the
+    j-th sampled index, an arbitrary pairing of random projections with positions; sample order
+    flips between backends whenever two selected scores are within float rounding, which changes
+    the restored image. Raster order depends only on the selected set (deliberate deviation).
 
     Gumbel top-k: argtop-r of log(w_i) + Gumbel noise is a draw of r distinct indices without
     replacement with probability proportional to w_i, the same law as the released
@@ -32,7 +37,7 @@ def representative_indices(x_BMC: np.ndarray, gumbel_BM: np.ndarray, r: int) -> 
         # Zero-norm tokens get -inf: they have probability 0 and are picked last.
         score = np.log(np.sum(x * x, axis=-1, dtype=np.float32)) + g
     order = np.argsort(-score, axis=-1, kind="stable")
-    return order[:, :r].astype(np.int64)
+    return np.sort(order[:, :r], axis=-1).astype(np.int64)
 
 
 def restore_tokens(

@@ -21,9 +21,10 @@ from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.stage_plan import PLAN_PRESETS
 
 DEFAULT_JSON = "stagevar-bench.json"
-# Two measured runs (after the cold call and one warmup) keep the default benchmark of the
-# infinity-tiny export, torch baseline included, near two minutes on 2 CPU cores.
-DEFAULT_RUNS = 2
+# Three measured runs (after the cold call and one warmup): the default benchmark of the
+# infinity-tiny export at 1M, torch baseline included, takes about a minute on 2 idle CPU cores
+# (under three on a busy shared one).
+DEFAULT_RUNS = 3
 
 
 def build_parser() -> argparse.ArgumentParser:

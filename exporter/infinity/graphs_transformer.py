@@ -80,11 +80,18 @@ class StepGraph(nn.Module):
 
 
 class FidelityGraph(nn.Module):
-    """One LOWRANK scale (StageVAR RP + RTR) on the null rows; appends no K/V."""
+    """One LOWRANK scale (StageVAR RP + RTR) on the null rows; appends no K/V.
+
+    For the accuracy check only (eager, never exported): `forced_indices` replaces the sampled
+    indices of each chunk, and `scores` collects each chunk's selection scores, so a selection
+    that flips at a near-tie between backends can be told apart from a real error.
+    """
 
     def __init__(self, model: InfinityTransformer) -> None:
         super().__init__()
         self.model = model
+        self.forced_indices: list[torch.Tensor] | None = None
+        self.scores: list[torch.Tensor] | None = None
 
     def forward(self, codes, scale_index, gss, head_ss, text_kv, text_bias, past_kv, rope_cos, rope_sin, tau, cache, area, gumbel, *projections):
         m = self.model
@@ -95,6 +102,10 @@ class FidelityGraph(nn.Module):
         for c, proj in enumerate(projections):
             rank = proj.shape[2]
             idx = representative_indices(x, gumbel[c], rank)
+            if self.scores is not None:
+                self.scores.append(torch.log(x.pow(2).sum(-1)) + gumbel[c])
+            if self.forced_indices is not None:
+                idx = self.forced_indices[c]
             pseudo = torch.einsum("bmr,bmc->brc", proj, x)
             out, _ = m.run_chunk(c, pseudo, cond, rope_cos[:rank], rope_sin[:rank], m.chunk_past(past, c))
             base = torch.matmul(area, cache[c])  # area-upsampled previous output of this chunk

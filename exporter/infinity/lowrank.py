@@ -19,9 +19,13 @@ from .transformer import KV, InfinityTransformer, TextCondition
 
 
 def representative_indices(x_BMC: torch.Tensor, gumbel_BM: torch.Tensor, rank: int) -> torch.Tensor:
-    """Gumbel-top-k: r distinct indices, sampled proportionally to ||x_i||^2, in sample order."""
+    """Gumbel-top-k: r distinct indices, sampled proportionally to ||x_i||^2, in ascending order.
+
+    Ascending rather than sample order so the output-to-position pairing depends only on the
+    selected set (see `stagevar.runtime.lowrank.representative_indices`).
+    """
     scores = torch.log(x_BMC.pow(2).sum(-1)) + gumbel_BM
-    return torch.topk(scores, rank, dim=-1, sorted=True).indices
+    return torch.topk(scores, rank, dim=-1, sorted=True).indices.sort(dim=-1).values
 
 
 def area_upsample_tokens(prev_BmC: torch.Tensor, prev_hw: tuple[int, int], cur_hw: tuple[int, int]) -> torch.Tensor:

@@ -7,10 +7,11 @@ from stagevar.runtime.lowrank import representative_indices, restore_tokens
 from stagevar.runtime.resize import area_resize_tokens
 
 
-def test_representative_indices_are_topk_of_log_norm_plus_gumbel_descending():
+def test_representative_indices_are_topk_of_log_norm_plus_gumbel_in_ascending_position_order():
     x = np.array([[[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.5, 0.5]]], dtype=np.float32)
     g = np.zeros((1, 4), dtype=np.float32)
-    assert representative_indices(x, g, 3).tolist() == [[1, 2, 0]]
+    # The top 3 scores are positions 1, 2, 0 (descending); returned in raster order.
+    assert representative_indices(x, g, 3).tolist() == [[0, 1, 2]]
     # noise can override norms: log(1) + 5 beats log(9)
     g2 = np.array([[5.0, 0.0, 0.0, 0.0]], dtype=np.float32)
     idx = representative_indices(x, g2, 2)
