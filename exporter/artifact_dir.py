@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.manifest import fsync_dir
 
 _PARTIAL = "partial"
 _OLD = "old"
@@ -129,7 +130,7 @@ def _commit(tmp: Path, out: Path, force: bool) -> None:
         if old is not None:
             os.rename(old, out)  # put the previous export back rather than lose both
         raise
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         _remove(old)
 
@@ -165,20 +166,6 @@ def _newest_mtime(folder: Path) -> float:
             except OSError:
                 pass
     return newest
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable; directories cannot be opened for fsync everywhere.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # When this module was imported: a close upper bound on the process start, read from the same

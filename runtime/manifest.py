@@ -91,11 +91,11 @@ def write_manifest(root: str | os.PathLike, content: dict) -> Path:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     return target
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     # Makes the rename itself durable; not possible on every platform, hence best effort.
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -67,18 +67,7 @@ def infinity_tiny() -> InfinityPreset:
     Same architecture as Infinity-2B (8 chunks, so the StageVAR rank table applies), small
     enough that a full 1M-schedule generation runs in seconds on 2 CPU cores (256x256 image).
     """
-    return InfinityPreset(
-        name="infinity-tiny",
-        transformer=InfinityConfig(
-            depth=8, embed_dim=64, num_heads=2, block_chunks=8, text_channels=128,
-            text_maxlen=64, code_dim=32, patchify=False,
-        ),
-        vae=vae_tiny_config(),
-        text=tiny_t5_config(),
-        default_cfg=3.0,
-        default_tau=0.5,
-        random_init_only=True,
-    )
+    return _small_random_preset("infinity-tiny", embed_dim=64, num_heads=2)
 
 
 def infinity_mid() -> InfinityPreset:
@@ -88,10 +77,15 @@ def infinity_mid() -> InfinityPreset:
     applies), 512 wide: large enough that matrix products, not per-call overhead, dominate a
     scale's time on a CPU, small enough to export and run on a laptop. Tiny VAE and T5.
     """
+    return _small_random_preset("infinity-mid", embed_dim=512, num_heads=8)
+
+
+def _small_random_preset(name: str, embed_dim: int, num_heads: int) -> InfinityPreset:
+    """8 chunks of 1 block (the rank table's 8 entries apply), tiny T5 and VAE, random weights."""
     return InfinityPreset(
-        name="infinity-mid",
+        name=name,
         transformer=InfinityConfig(
-            depth=8, embed_dim=512, num_heads=8, block_chunks=8, text_channels=128,
+            depth=8, embed_dim=embed_dim, num_heads=num_heads, block_chunks=8, text_channels=128,
             text_maxlen=64, code_dim=32, patchify=False,
         ),
         vae=vae_tiny_config(),
