@@ -156,3 +156,25 @@ def test_torch_area_upsample_equals_the_runtime_matrices():
 def test_lowrank_ranks_follow_the_rank_table():
     plan = make_plan("stagevar", get_schedule("1:1", "1M"))
     assert plan.ranks[10] == (27, 219, 337, 401, 410, 317, 252, 306)
+
+
+def test_the_8b_style_patchified_variant_generates_end_to_end():
+    """56 bits per token = 14 code channels x 2x2 pixel-unshuffle, as Infinity-8B."""
+    from dataclasses import replace
+
+    from stagevar.exporter.infinity.vae_decoder import VAEDecoderConfig
+
+    tiny = infinity_tiny()
+    preset = replace(
+        tiny,
+        name="infinity-tiny-patchify",
+        transformer=replace(tiny.transformer, code_dim=14, patchify=True),
+        vae=VAEDecoderConfig(code_dim=14, base_channels=32, channel_mult=(1, 2), num_res_blocks=1),
+    )
+    sampler = ReferenceSampler(InfinityBundle.random(preset, seed=0))
+    result = sampler.generate("a cat", plan="stagevar", resolution="0.06M", seed=0, keep_intermediates=True)
+    # Codes accumulate on twice the transformer grid (16x16 -> 32x32), decoded x2 -> 64x64 pixels.
+    assert result.codes.shape == (1, 14, 32, 32)
+    assert result.images.shape == (1, 64, 64, 3)
+    assert result.records[3].bits.shape == (1, 36, 56)
+    assert result.codes.std() > 0 and result.images.std() > 0
