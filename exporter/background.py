@@ -2,8 +2,11 @@
 
 Tracing with torch.export is single-threaded Python; on a 2-core machine a second process
 halves the wall time of the transformer export. The child inherits the model by fork (no
-pickling, copy-on-write memory) and reports failure as a message through a pipe. Where fork
-is unavailable the job runs inline.
+pickling, copy-on-write memory) and reports failure as a message through a pipe.
+
+OFF by default: a forked child deadlocked once on a lock held by another thread of the parent
+at fork time (a futex wait inside a CI test run). Until the export runs in a spawned worker,
+the job runs inline unless STAGEVAR_FORK_EXPORT=1 is set.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from collections.abc import Callable
 class BackgroundJob:
     def __init__(self, fn: Callable[[], None]) -> None:
         self._fn = fn
-        self._inline = "fork" not in mp.get_all_start_methods() or (os.cpu_count() or 1) < 2
+        self._inline = (
+            os.environ.get("STAGEVAR_FORK_EXPORT") != "1"
+            or "fork" not in mp.get_all_start_methods()
+            or (os.cpu_count() or 1) < 2
+        )
         self._proc = None
         self._conn = None
 
