@@ -71,16 +71,10 @@ inline unsigned int blocks_for(int64_t total) {
 extern "C" int stagevar_token_restore_cuda(const float* prev, const float* rows,
                                            const int64_t* indices, int B, int h, int w, int H,
                                            int W, int C, int r, float* out, cudaStream_t stream) {
-  if (B <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0 || C <= 0 || r < 0) {
-    return STAGEVAR_ERR_BAD_SIZE;
-  }
+  const int status = stagevar_token_restore_check(prev, rows, indices, B, h, w, H, W, C, r, out);
+  if (status != STAGEVAR_OK) return status;
   const int64_t M = static_cast<int64_t>(H) * W;
   const int64_t m = static_cast<int64_t>(h) * w;
-  if (r > M) return STAGEVAR_ERR_BAD_SIZE;
-  const int64_t limit = std::numeric_limits<int64_t>::max() / 4;
-  if (M > limit / C / B || m > limit / C / B) return STAGEVAR_ERR_BAD_SIZE;
-  if (prev == nullptr || out == nullptr) return STAGEVAR_ERR_NULL_POINTER;
-  if (r > 0 && (rows == nullptr || indices == nullptr)) return STAGEVAR_ERR_NULL_POINTER;
 
   const int64_t total_out = static_cast<int64_t>(B) * M * C;
   area_upsample_kernel<<<blocks_for(total_out), kThreads, 0, stream>>>(prev, out, total_out, h, w,

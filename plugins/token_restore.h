@@ -50,4 +50,20 @@ STAGEVAR_API int stagevar_token_restore_cpu(const float* prev, const float* rows
 }
 #endif
 
+/* Shape and pointer checks shared by the CPU and CUDA entry points (same codes on both). */
+static inline int stagevar_token_restore_check(const float* prev, const float* rows,
+                                               const int64_t* indices, int B, int h, int w,
+                                               int H, int W, int C, int r, const float* out) {
+  if (B <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0 || C <= 0 || r < 0) return STAGEVAR_ERR_BAD_SIZE;
+  const int64_t M = (int64_t)H * W;
+  const int64_t m = (int64_t)h * w;
+  if (r > M) return STAGEVAR_ERR_BAD_SIZE;
+  /* Every element count must fit in a signed 64-bit index with room to spare. */
+  const int64_t limit = INT64_MAX / 4;
+  if (M > limit / C / B || m > limit / C / B) return STAGEVAR_ERR_BAD_SIZE;
+  if (prev == 0 || out == 0) return STAGEVAR_ERR_NULL_POINTER;
+  if (r > 0 && (rows == 0 || indices == 0)) return STAGEVAR_ERR_NULL_POINTER;
+  return STAGEVAR_OK;
+}
+
 #endif /* STAGEVAR_TOKEN_RESTORE_H */

@@ -19,17 +19,10 @@ inline void area_window(int64_t i, int64_t n_in, int64_t n_out, int64_t* start, 
 extern "C" int stagevar_token_restore_cpu(const float* prev, const float* rows,
                                           const int64_t* indices, int B, int h, int w, int H,
                                           int W, int C, int r, float* out) {
-  if (B <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0 || C <= 0 || r < 0) {
-    return STAGEVAR_ERR_BAD_SIZE;
-  }
+  const int status = stagevar_token_restore_check(prev, rows, indices, B, h, w, H, W, C, r, out);
+  if (status != STAGEVAR_OK) return status;
   const int64_t M = static_cast<int64_t>(H) * W;
   const int64_t m = static_cast<int64_t>(h) * w;
-  if (r > M) return STAGEVAR_ERR_BAD_SIZE;
-  // Every element count must fit in a signed 64-bit index with room to spare.
-  const int64_t limit = std::numeric_limits<int64_t>::max() / 4;
-  if (M > limit / C / B || m > limit / C / B) return STAGEVAR_ERR_BAD_SIZE;
-  if (prev == nullptr || out == nullptr) return STAGEVAR_ERR_NULL_POINTER;
-  if (r > 0 && (rows == nullptr || indices == nullptr)) return STAGEVAR_ERR_NULL_POINTER;
 
   // Validate every index before touching out.
   for (int64_t k = 0; k < static_cast<int64_t>(B) * r; ++k) {
