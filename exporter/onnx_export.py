@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .token_restore_op import onnx_translations
+
 DEFAULT_OPSET = 20
 
 
@@ -79,6 +81,7 @@ def export_program(
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_shapes=tuple(shapes),
+            custom_translation_table=onnx_translations(),
             optimize=False,
             verbose=False,
         )

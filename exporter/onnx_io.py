@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .onnx_local_functions import attach_local_functions
+
 # Large tensors start on a page boundary so that ONNX Runtime can memory-map them.
 _PAGE = 4096
 _SMALL_ALIGN = 64
@@ -82,12 +84,16 @@ def save_graph(program, path: Path, weights: SharedWeightsWriter, source: Tensor
 
     The graph is serialised without initializers, then every initializer is appended as an
     external tensor pointing into the weights file (which must sit in the same folder).
+    Custom stagevar nodes get their model-local functions here.
     """
     initializers = dict(program.model.graph.initializers)
     program.save(path, include_initializers=False, keep_initializers_as_inputs=False)
     model = onnx.load(str(path), load_external_data=False)
     del model.graph.initializer[:]
     _strip_node_metadata(model.graph)
+    # After the exporter's passes (its version conversion inlines every function): the
+    # standard-op bodies of our custom nodes, for runtimes without the plugin.
+    attach_local_functions(model)
     location = weights.path.name
     for name, value in initializers.items():
         array = source(name, value)

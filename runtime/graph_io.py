@@ -23,10 +23,12 @@ step          codes [n, l, d], scale_index int64 [], sos [r, C], gss [r, 6, C], 
 fidelity      codes [n, m, d], scale_index, gss [n, 6, C], head_ss [n, 2, C],
               text_kv [depth, 2, n, H, t, hd], text_bias [n, t], past_kv [p, depth, 2, n, H, hd],
               rope_cos [m, hd/2], rope_sin [m, hd/2], tau [],
-              cache [chunks, n, mc, C], area [m, mc] (area-upsample matrix, kron(A_h, A_w)),
+              cache [chunks, n, mc, C], area_h [gh, h], area_w [gw, w] (1-D area-resize matrices
+              from the cache grid h x w = mc to this grid gh x gw = m),
               gumbel [chunks, n, m], proj_{c} [n, m, r_c] for each chunk c
               -> logits [n, m, V], chunk_outputs [chunks, n, m, C], indices_{c} int64 [n, r_c]
-              Appends no K/V. Pseudo-tokens of chunk c use rope rows [0, r_c).
+              Appends no K/V. Pseudo-tokens of chunk c use rope rows [0, r_c). Each chunk's
+              restoration is one `stagevar.TokenRestore` node (model-local function inside).
 vae_decoder   codes [n, code_dim, fh, fw] -> image uint8 [n, H_px, W_px, 3] (RGB)
 """
 
@@ -55,7 +57,7 @@ VAE_OUTPUTS = ("image",)
 def fidelity_inputs(num_chunks: int) -> tuple[str, ...]:
     return (
         "codes", "scale_index", "gss", "head_ss", "text_kv", "text_bias", "past_kv",
-        "rope_cos", "rope_sin", "tau", "cache", "area", "gumbel",
+        "rope_cos", "rope_sin", "tau", "cache", "area_h", "area_w", "gumbel",
     ) + tuple(f"proj_{c}" for c in range(num_chunks))
 
 

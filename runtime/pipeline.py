@@ -37,7 +37,6 @@ from .tokenize import encode_prompts, load_tokenizer_json
 BACKENDS = ("ort", "trt")
 OUTPUT_TYPES = ("pil", "np")
 _COND = gio.TEXT_COND_OUTPUTS  # sos, gss, head_ss, text_kv, text_bias
-_AREA_CACHE_SIZE = 4
 _ROW_AXIS = {"sos": 0, "gss": 0, "head_ss": 0, "text_kv": 2, "text_bias": 0}
 
 
@@ -120,7 +119,7 @@ class Pipeline:
         self.spec = ModelSpec.from_manifest(manifest)
         self._lock = threading.Lock()
         self._rope: dict[tuple[float, str], tuple[np.ndarray, np.ndarray]] = {}
-        self._area: dict[tuple[tuple[int, int], tuple[int, int]], DeviceArray] = {}
+        self._area: dict[tuple[tuple[int, int], tuple[int, int]], dict[str, DeviceArray]] = {}
 
     @classmethod
     def from_dir(cls, path, backend: str = "ort", device: str = "cpu", verify: bool | str = "quick") -> "Pipeline":
@@ -325,7 +324,8 @@ class Pipeline:
             "codes": codes, "scale_index": np.array(k, np.int64),
             **{name: cond[name] for name in ("gss", "head_ss", "text_kv", "text_bias")},
             "past_kv": kv.prefix(), "rope_cos": rope[0], "rope_sin": rope[1],
-            "tau": np.array(tau, np.float32), "cache": cache, "area": self._area_matrix(cache_hw, hw),
+            "tau": np.array(tau, np.float32), "cache": cache,
+            **self._area_matrices(cache_hw, hw),
             "gumbel": np.stack(noise.gumbel),
             **{f"proj_{c}": q for c, q in enumerate(noise.projections)},
         }
@@ -338,15 +338,15 @@ class Pipeline:
         return logits.numpy(), outputs, tuple(a.numpy() for a in indices)
 
 
-    def _area_matrix(self, cache_hw: tuple[int, int], hw: tuple[int, int]) -> DeviceArray:
-        """Area-upsampling of the cache grid to this grid as one (m, mc) matrix over row-major
-        tokens; kept resident because it is O(m * mc), the largest fixed input of a scale."""
+    def _area_matrices(self, cache_hw: tuple[int, int], hw: tuple[int, int]) -> dict[str, DeviceArray]:
+        """The 1-D area-resize matrices from the cache grid to this grid (rows, then columns),
+        kept resident per grid pair: inputs area_h [gh, h] and area_w [gw, w]."""
         key = (tuple(cache_hw), tuple(hw))
         if key not in self._area:
-            if len(self._area) >= _AREA_CACHE_SIZE:  # tens of MB each at 1M: keep a few only
-                del self._area[next(iter(self._area))]
-            mat = np.kron(area_matrix(cache_hw[0], hw[0]), area_matrix(cache_hw[1], hw[1]))
-            self._area[key] = self.backend.upload(mat.astype(self.backend.input_dtype(gio.FIDELITY, "area")))
+            self._area[key] = {
+                name: self.backend.upload(area_matrix(src, dst).astype(self.backend.input_dtype(gio.FIDELITY, name)))
+                for name, src, dst in (("area_h", cache_hw[0], hw[0]), ("area_w", cache_hw[1], hw[1]))
+            }
         return self._area[key]
 
 

@@ -20,7 +20,10 @@ _FIDELITY_PARTIAL = "fidelity.partial.weights"
 
 # Example sizes for tracing: >= 2 on every dynamic axis and pairwise distinct, so torch.export
 # neither specialises an axis nor confuses two of them.
-_N, _T, _L, _P, _M, _MC = 2, 3, 5, 7, 11, 4
+_N, _T, _L, _P = 2, 3, 5, 7
+# Fidelity grids: current (gh, gw) = (4, 3), cache (h, w) = (3, 2); m and mc are their products.
+_GH, _GW, _H, _W = 4, 3, 3, 2
+_M, _MC = _GH * _GW, _H * _W
 
 
 def _text_cond_example(cfg: InfinityConfig):
@@ -79,13 +82,15 @@ def _fidelity_example(cfg: InfinityConfig, dt: torch.dtype = torch.float32):
         torch.randn(_M, hd // 2, generator=g),
         torch.tensor(0.5),
         torch.randn(cfg.block_chunks, _N, _MC, C, generator=g),
-        torch.rand(_M, _MC, generator=g),
+        torch.rand(_GH, _H, generator=g),
+        torch.rand(_GW, _W, generator=g),
         torch.randn(cfg.block_chunks, _N, _M, generator=g),
     ] + [torch.randn(_N, _M, r, generator=g) for r in ranks]
     axes = {
         "codes": {0: "n", 1: "m"}, "gss": {0: "n"}, "head_ss": {0: "n"},
         "text_kv": {2: "n", 4: "t"}, "text_bias": {0: "n", 1: "t"}, "past_kv": {0: "p", 3: "n"},
-        "rope_cos": {0: "m"}, "rope_sin": {0: "m"}, "cache": {1: "n", 2: "mc"}, "area": {0: "m", 1: "mc"},
+        "rope_cos": {0: "m"}, "rope_sin": {0: "m"}, "cache": {1: "n", 2: "mc"},
+        "area_h": {0: "gh", 1: "h"}, "area_w": {0: "gw", 1: "w"},
         "gumbel": {1: "n", 2: "m"},
     }
     axes.update({f"proj_{c}": {0: "n", 1: "m", 2: f"r{c}"} for c in range(cfg.block_chunks)})

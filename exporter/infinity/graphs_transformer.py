@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..token_restore_op import token_restore
 from .lowrank import representative_indices
 from .transformer import KV, InfinityTransformer, TextCondition, text_key_bias
 
@@ -93,7 +94,8 @@ class FidelityGraph(nn.Module):
         self.forced_indices: list[torch.Tensor] | None = None
         self.scores: list[torch.Tensor] | None = None
 
-    def forward(self, codes, scale_index, gss, head_ss, text_kv, text_bias, past_kv, rope_cos, rope_sin, tau, cache, area, gumbel, *projections):
+    def forward(self, codes, scale_index, gss, head_ss, text_kv, text_bias, past_kv, rope_cos, rope_sin, tau, cache, area_h, area_w,
+                gumbel, *projections):
         m = self.model
         cond = _condition(gss[:, 0], gss, head_ss, text_kv, text_bias)  # sos is unused here
         x = m.word_embed(codes) + m.lvl_embed.weight[scale_index]
@@ -108,8 +110,10 @@ class FidelityGraph(nn.Module):
                 idx = self.forced_indices[c]
             pseudo = torch.einsum("bmr,bmc->brc", proj, x)
             out, _ = m.run_chunk(c, pseudo, cond, rope_cos[:rank], rope_sin[:rank], m.chunk_past(past, c))
-            base = torch.matmul(area, cache[c])  # area-upsampled previous output of this chunk
-            x = base.scatter(1, idx.unsqueeze(-1).expand(-1, -1, base.shape[-1]), out)
+            # Area-upsampled previous output of this chunk with the r outputs written at idx:
+            # one op, exported as one stagevar.TokenRestore node (TensorRT plugin or local function).
+            prev = cache[c].to(x.dtype)
+            x = token_restore(x, prev, out.to(x.dtype), idx, area_h.to(x.dtype), area_w.to(x.dtype))
             outputs.append(x)
             indices.append(idx)
         logits = m.head_logits(x, cond) / tau

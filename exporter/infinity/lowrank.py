@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from stagevar.runtime.resize import area_matrix
+
+from ..token_restore_op import area_resize_separable
 from .transformer import KV, InfinityTransformer, TextCondition
 
 
@@ -29,11 +31,14 @@ def representative_indices(x_BMC: torch.Tensor, gumbel_BM: torch.Tensor, rank: i
 
 
 def area_upsample_tokens(prev_BmC: torch.Tensor, prev_hw: tuple[int, int], cur_hw: tuple[int, int]) -> torch.Tensor:
-    """Token-major (B, h*w, C) -> (B, H*W, C) with `interpolate(mode="area")`, as released."""
+    """Token-major (B, h*w, C) -> (B, H*W, C): `interpolate(mode="area")` as released, computed
+    as the separable product the exported graphs use (equal values; the same bits on every
+    backend, see `area_resize_separable`)."""
     B, _, C = prev_BmC.shape
-    grid = prev_BmC.transpose(1, 2).reshape(B, C, *prev_hw)
-    up = F.interpolate(grid, size=cur_hw, mode="area")
-    return up.reshape(B, C, -1).transpose(1, 2)
+    dt = prev_BmC.dtype
+    area_h = torch.from_numpy(area_matrix(prev_hw[0], cur_hw[0])).to(dt)
+    area_w = torch.from_numpy(area_matrix(prev_hw[1], cur_hw[1])).to(dt)
+    return area_resize_separable(prev_BmC, area_h, area_w).reshape(B, cur_hw[0] * cur_hw[1], C)
 
 
 @dataclass(frozen=True)

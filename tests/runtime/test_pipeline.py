@@ -20,7 +20,9 @@ import torch
 from stagevar.exporter.infinity.sampler import ReferenceSampler
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.ort_backend import KVCache
+from stagevar.runtime.noise import draw_batch_noise
 from stagevar.runtime.pipeline import Pipeline, PipelineOutput
+from stagevar.runtime.sampling import apply_top_p, prob_bit0
 from stagevar.runtime.schedules import get_schedule
 from stagevar.runtime.stage_plan import PLAN_PRESETS, Mode, make_plan
 
@@ -55,20 +57,41 @@ def _pixel_values(bundle, codes):
     return ((img + 1.0) / 2.0 * 255.0).permute(0, 2, 3, 1).numpy()
 
 
-def assert_matches_reference(out: PipelineOutput, ref, bundle):
-    """Bits (and LOWRANK indices) of every scale and the decoded codes equal the reference's;
+# A bit may differ only where the reference's sampling margin |u - p0| is below this: the two
+# backends' logits differ by ~1e-5 (float summation order), so u can fall between their p0s.
+_NEAR_TIE = 1e-4
+
+
+def _near_tie_flips(mine, theirs, uniforms) -> int:
+    """Number of differing bits; fails if any of them is not a near-tie of the reference."""
+    flipped = mine.bits != theirs.bits
+    if flipped.any():
+        margin = np.abs(uniforms - apply_top_p(prob_bit0(theirs.logits)))[flipped]
+        assert margin.max() < _NEAR_TIE, f"scale {mine.index}: a bit differs away from a sampling tie"
+    return int(flipped.sum())
+
+
+def assert_matches_reference(out: PipelineOutput, ref, bundle, noise):
+    """Bits (and LOWRANK indices) of every scale and the decoded codes equal the reference's,
+    except bits whose injected uniform lies within float rounding of p0 (`_near_tie_flips`);
     images equal except where torch's pixel value sits on an integer (uint8 truncation of a
     value within float rounding of the boundary in the VAE graph)."""
     assert [t.mode for t in out.intermediates] == [r.mode for r in ref.records]
+    flips = 0
     for mine, theirs in zip(out.intermediates, ref.records):
         if theirs.mode is Mode.SKIP:
             assert mine.bits is None and theirs.bits is None
             continue
-        np.testing.assert_array_equal(mine.bits, theirs.bits, err_msg=f"scale {mine.index}")
+        flips += _near_tie_flips(mine, theirs, noise[mine.index].uniforms)
         scale = float(np.abs(theirs.logits).max())
-        assert np.abs(mine.logits - theirs.logits).max() <= 1e-5 * max(scale, 1.0)
+        assert np.abs(mine.logits - theirs.logits).max() <= 1e-5 * max(scale, 1.0) or flips
         for a, b in zip(mine.indices, theirs.indices, strict=True):
             np.testing.assert_array_equal(a, b)
+    if flips:
+        # A tie bit changes one token's code: the images may differ around it, nowhere else.
+        assert flips <= 3, f"{flips} sampling ties flipped"
+        assert np.mean(out.codes != ref.codes) < 1e-3
+        return
     np.testing.assert_array_equal(out.codes, ref.codes)
     diff = out.images.astype(np.int16) - ref.images.astype(np.int16)
     flipped = diff != 0
@@ -78,6 +101,13 @@ def assert_matches_reference(out: PipelineOutput, ref, bundle):
         assert np.abs(diff).max() == 1
         assert np.abs(values - boundary).max() < 5e-3, "an image pixel differs away from a uint8 boundary"
         assert flipped.mean() < 1e-3
+
+
+def _noise(pipe, seeds, plan, aspect, resolution):
+    """The noise a seeded run draws (what both the pipeline and the reference use)."""
+    schedule = get_schedule(aspect, resolution)
+    plan = make_plan(plan, schedule, num_chunks=pipe.spec.block_chunks)
+    return draw_batch_noise(seeds, plan, schedule, pipe.spec.bits_per_token)
 
 
 def _logit_diffs(out, ref):
@@ -96,19 +126,21 @@ CASES = [(plan, "0.25M") for plan in PLAN_PRESETS] + [("exact", "1M"), ("stageva
 @pytest.mark.parametrize("plan,resolution", CASES)
 def test_pipeline_matches_reference_sampler(pipe, reference, bundle, plan, resolution):
     out = pipe(PROMPT, seed=3, plan=plan, resolution=resolution, output_type="np", return_intermediates=True)
-    ref = reference.generate(PROMPT, seed=3, plan=plan, resolution=resolution, keep_intermediates=True)
+    noise = _noise(pipe, [3], plan, "1:1", resolution)
+    ref = reference.generate(PROMPT, seed=3, plan=plan, resolution=resolution, keep_intermediates=True, noise=noise)
     assert out.images.shape == ref.images.shape and out.images.dtype == np.uint8
     assert out.plan == plan and out.seeds == [3]
-    assert_matches_reference(out, ref, bundle)
+    assert_matches_reference(out, ref, bundle, noise)
     print(plan, resolution, _logit_diffs(out, ref))
 
 
 def test_non_square_aspect_matches_reference_and_gives_a_wide_image(pipe, reference, bundle):
     out = pipe(PROMPT, seed=5, plan="stagevar", aspect="2:1", resolution="0.25M", return_intermediates=True,
                output_type="np")
+    noise = _noise(pipe, [5], "stagevar", "2:1", "0.25M")
     ref = reference.generate(PROMPT, seed=5, plan="stagevar", aspect="2:1", resolution="0.25M",
-                             keep_intermediates=True)
-    assert_matches_reference(out, ref, bundle)
+                             keep_intermediates=True, noise=noise)
+    assert_matches_reference(out, ref, bundle, noise)
     (image,) = pipe(PROMPT, seed=5, plan="stagevar", aspect="2:1", resolution="0.25M").images
     h, w = get_schedule("2:1", "0.25M").pixel_hw(patch=4)
     assert image.size == (w, h) and w == 2 * h and image.mode == "RGB"
