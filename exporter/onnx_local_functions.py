@@ -88,3 +88,31 @@ def attach_local_functions(model: onnx.ModelProto) -> int:
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return added
+
+
+# TensorRT's ONNX parser resolves a node it has no importer for through the model's local
+# functions or the plugin registry (op_type = plugin name, attributes plugin_version and
+# plugin_namespace). To make the choice explicit rather than depend on the parser's lookup
+# order, the engine build uses the graph as exported (function inlined by the parser) without
+# --plugins, and this variant (no function, node renamed to the plugin) with them.
+TRT_PLUGIN_NAMES = {TOKEN_RESTORE: ("StageVarTokenRestore", "1")}
+
+
+def plugin_variant(model: onnx.ModelProto) -> int:
+    """Rewrite stagevar nodes in place to call the TensorRT plugins; returns how many nodes."""
+    count = 0
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        if node.op_type not in TRT_PLUGIN_NAMES:
+            raise ValueError(f"no TensorRT plugin for stagevar op {node.op_type}")
+        name, version = TRT_PLUGIN_NAMES[node.op_type]
+        node.op_type = name
+        del node.attribute[:]
+        node.attribute.extend([helper.make_attribute("plugin_version", version),
+                               helper.make_attribute("plugin_namespace", "")])
+        count += 1
+    keep = [f for f in model.functions if f.domain != DOMAIN]
+    del model.functions[:]
+    model.functions.extend(keep)
+    return count

@@ -6,9 +6,16 @@
 // when NvInfer.h is found via -DTensorRT_ROOT=... and a CUDA compiler exists.
 //
 // Plugin: name "StageVarTokenRestore", version "1", namespace "" (the ONNX parser's default).
-// Fields (int32 scalars): h, w (previous grid), H, W (current grid).
-// Inputs : 0 prev (B, h*w, C) float32, 1 rows (B, r, C) float32, 2 indices (B, r) int64.
-// Output : 0 out (B, H*W, C) float32. Linear (row-major) format only.
+// The ONNX node is `stagevar.TokenRestore`; `stagevar-export build --plugins` renames it to this
+// plugin (exporter/onnx_local_functions.py: plugin_variant). No fields: every size comes from
+// the input shapes, so one plugin instance serves every optimization profile (every scale).
+// Inputs : 0 x (B, M, C)        float32, only its shape is used (the output has it; M = H*W)
+//          1 prev (B, h*w, C)   float32, the previous scale's chunk output
+//          2 rows (B, r, C)     float32, the chunk's r outputs
+//          3 indices (B, r)     int64
+//          4 area_h (H, h)      float32 } the 1-D area-resize matrices; only their shapes are
+//          5 area_w (W, w)      float32 } read: the kernel computes the same weights itself
+// Output : 0 y (B, M, C) float32. Linear (row-major) format only.
 // Semantics and the kernel: token_restore.h / token_restore_cuda.h.
 //
 // Loading: IPluginRegistry::loadLibrary("libstagevar_trt_plugin.so") uses the exported
@@ -17,9 +24,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
-#include <cstring>
 #include <string>
-#include <vector>
 
 #include "token_restore_cuda.h"
 
@@ -35,16 +40,9 @@ class TokenRestorePlugin final : public IPluginV3,
                                  public IPluginV3OneBuild,
                                  public IPluginV3OneRuntime {
  public:
-  TokenRestorePlugin(int32_t h, int32_t w, int32_t H, int32_t W, std::string ns)
-      : mH{h}, mW{w}, mOutH{H}, mOutW{W}, mNamespace{std::move(ns)} {
-    initFields();
-  }
+  explicit TokenRestorePlugin(std::string ns) : mNamespace{std::move(ns)} {}
 
-  TokenRestorePlugin(TokenRestorePlugin const& other)
-      : mH{other.mH}, mW{other.mW}, mOutH{other.mOutH}, mOutW{other.mOutW},
-        mNamespace{other.mNamespace} {
-    initFields();  // the fields point into this object, never into `other`
-  }
+  TokenRestorePlugin(TokenRestorePlugin const& other) = default;
 
   ~TokenRestorePlugin() override = default;
 
@@ -76,9 +74,8 @@ class TokenRestorePlugin final : public IPluginV3,
 
   int32_t getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
                              DataType const* inputTypes, int32_t nbInputs) const noexcept override {
-    if (nbOutputs != 1 || nbInputs != 3) return -1;
-    (void)inputTypes;
-    outputTypes[0] = DataType::kFLOAT;
+    if (nbOutputs != 1 || nbInputs != kNbInputs) return -1;
+    outputTypes[0] = inputTypes[0];
     return 0;
   }
 
@@ -87,29 +84,27 @@ class TokenRestorePlugin final : public IPluginV3,
                           IExprBuilder& exprBuilder) noexcept override {
     (void)shapeInputs;
     (void)nbShapeInputs;
-    if (nbInputs != 3 || nbOutputs != 1 || inputs[0].nbDims != 3) return -1;
-    outputs[0].nbDims = 3;
-    outputs[0].d[0] = inputs[0].d[0];
-    outputs[0].d[1] = exprBuilder.constant(static_cast<int64_t>(mOutH) * mOutW);
-    outputs[0].d[2] = inputs[0].d[2];
+    (void)exprBuilder;
+    if (nbInputs != kNbInputs || nbOutputs != 1 || inputs[0].nbDims != 3) return -1;
+    outputs[0] = inputs[0];  // y has x's shape
     return 0;
   }
 
   bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut,
                                  int32_t nbInputs, int32_t nbOutputs) noexcept override {
-    if (nbInputs != 3 || nbOutputs != 1 || pos < 0 || pos > 3) return false;
+    if (nbInputs != kNbInputs || nbOutputs != 1 || pos < 0 || pos > kNbInputs) return false;
     PluginTensorDesc const& desc = inOut[pos].desc;
     if (desc.format != TensorFormat::kLINEAR) return false;
-    return pos == 2 ? desc.type == DataType::kINT64 : desc.type == DataType::kFLOAT;
+    return pos == kIndices ? desc.type == DataType::kINT64 : desc.type == DataType::kFLOAT;
   }
 
   int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                           DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override {
     (void)out;
-    if (nbInputs != 3 || nbOutputs != 1) return -1;
-    if (in[0].desc.dims.nbDims != 3 || in[1].desc.dims.nbDims != 3 ||
-        in[2].desc.dims.nbDims != 2) {
-      return -1;
+    if (nbInputs != kNbInputs || nbOutputs != 1) return -1;
+    int32_t const ranks[kNbInputs] = {3, 3, 3, 2, 2, 2};
+    for (int32_t i = 0; i < kNbInputs; ++i) {
+      if (in[i].desc.dims.nbDims != ranks[i]) return -1;
     }
     return 0;
   }
@@ -124,9 +119,13 @@ class TokenRestorePlugin final : public IPluginV3,
   // IPluginV3OneRuntime
   int32_t onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* out,
                         int32_t nbOutputs) noexcept override {
-    if (nbInputs != 3 || nbOutputs != 1) return -1;
-    if (in[0].dims.d[1] != static_cast<int64_t>(mH) * mW) return -1;
-    if (out[0].dims.d[1] != static_cast<int64_t>(mOutH) * mOutW) return -1;
+    (void)out;
+    if (nbInputs != kNbInputs || nbOutputs != 1) return -1;
+    Sizes const z = sizes(in);
+    // x holds H*W tokens, prev h*w; rows and indices agree on r; everything on B and C.
+    if (in[kX].dims.d[1] != z.H * z.W || in[kPrev].dims.d[1] != z.h * z.w) return -1;
+    if (in[kIndices].dims.d[1] != z.r || in[kRows].dims.d[0] != z.B || in[kIndices].dims.d[0] != z.B) return -1;
+    if (in[kPrev].dims.d[0] != z.B || in[kPrev].dims.d[2] != z.C || in[kRows].dims.d[2] != z.C) return -1;
     return 0;
   }
 
@@ -135,14 +134,16 @@ class TokenRestorePlugin final : public IPluginV3,
                   cudaStream_t stream) noexcept override {
     (void)outputDesc;
     (void)workspace;
-    int64_t const B = inputDesc[0].dims.d[0];
-    int64_t const C = inputDesc[0].dims.d[2];
-    int64_t const r = inputDesc[1].dims.d[1];
-    if (B > INT32_MAX || C > INT32_MAX || r > INT32_MAX) return -1;
+    Sizes const z = sizes(inputDesc);
+    int64_t const all[] = {z.B, z.h, z.w, z.H, z.W, z.C, z.r};
+    for (int64_t v : all) {
+      if (v > INT32_MAX) return -1;
+    }
     return stagevar_token_restore_cuda(
-        static_cast<float const*>(inputs[0]), static_cast<float const*>(inputs[1]),
-        static_cast<int64_t const*>(inputs[2]), static_cast<int>(B), mH, mW, mOutH, mOutW,
-        static_cast<int>(C), static_cast<int>(r), static_cast<float*>(outputs[0]), stream);
+        static_cast<float const*>(inputs[kPrev]), static_cast<float const*>(inputs[kRows]),
+        static_cast<int64_t const*>(inputs[kIndices]), static_cast<int>(z.B), static_cast<int>(z.h),
+        static_cast<int>(z.w), static_cast<int>(z.H), static_cast<int>(z.W), static_cast<int>(z.C),
+        static_cast<int>(z.r), static_cast<float*>(outputs[0]), stream);
   }
 
   IPluginV3* attachToContext(IPluginResourceContext* context) noexcept override {
@@ -150,78 +151,49 @@ class TokenRestorePlugin final : public IPluginV3,
     return clone();
   }
 
-  PluginFieldCollection const* getFieldsToSerialize() noexcept override { return &mFieldCollection; }
+  PluginFieldCollection const* getFieldsToSerialize() noexcept override { return &mNoFields; }
 
  private:
-  void initFields() {
-    mFields.clear();
-    mFields.emplace_back("h", &mH, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("w", &mW, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("H", &mOutH, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("W", &mOutW, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
+  enum : int32_t { kX = 0, kPrev = 1, kRows = 2, kIndices = 3, kAreaH = 4, kAreaW = 5, kNbInputs = 6 };
+
+  struct Sizes {
+    int64_t B, h, w, H, W, C, r;
+  };
+
+  // Grid sizes from the area matrices' shapes: (H, h) and (W, w).
+  static Sizes sizes(PluginTensorDesc const* in) {
+    return Sizes{in[kPrev].dims.d[0], in[kAreaH].dims.d[1], in[kAreaW].dims.d[1], in[kAreaH].dims.d[0],
+                 in[kAreaW].dims.d[0], in[kPrev].dims.d[2], in[kRows].dims.d[1]};
   }
 
-  int32_t mH, mW, mOutH, mOutW;
   std::string mNamespace;
-  std::vector<PluginField> mFields;
-  PluginFieldCollection mFieldCollection{};
+  PluginFieldCollection mNoFields{0, nullptr};
 };
 
 class TokenRestoreCreator final : public IPluginCreatorV3One {
  public:
-  TokenRestoreCreator() {
-    mFields.emplace_back("h", nullptr, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("w", nullptr, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("H", nullptr, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("W", nullptr, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
-  }
-
   IPluginV3* createPlugin(AsciiChar const* name, PluginFieldCollection const* fc,
                           TensorRTPhase phase) noexcept override {
+    // No fields: the ONNX parser passes the node's attributes (none besides the plugin
+    // version and namespace, which it consumes itself); sizes come from the input shapes.
     (void)name;
-    (void)phase;  // the same fields serve the build and the runtime phase
-    if (fc == nullptr) return nullptr;
-    int32_t v[4] = {0, 0, 0, 0};
-    bool seen[4] = {false, false, false, false};
-    char const* keys[4] = {"h", "w", "H", "W"};
-    for (int32_t i = 0; i < fc->nbFields; ++i) {
-      PluginField const& f = fc->fields[i];
-      if (f.name == nullptr || f.data == nullptr || f.length < 1) continue;
-      for (int k = 0; k < 4; ++k) {
-        if (std::strcmp(f.name, keys[k]) != 0) continue;
-        if (f.type == PluginFieldType::kINT32) {
-          v[k] = *static_cast<int32_t const*>(f.data);
-        } else if (f.type == PluginFieldType::kINT64) {
-          v[k] = static_cast<int32_t>(*static_cast<int64_t const*>(f.data));
-        } else {
-          return nullptr;
-        }
-        seen[k] = true;
-      }
-    }
-    for (int k = 0; k < 4; ++k) {
-      if (!seen[k] || v[k] <= 0) return nullptr;
-    }
+    (void)fc;
+    (void)phase;
     try {
-      return new TokenRestorePlugin(v[0], v[1], v[2], v[3], mNamespace);
+      return new TokenRestorePlugin(mNamespace);
     } catch (...) {
       return nullptr;
     }
   }
 
-  PluginFieldCollection const* getFieldNames() noexcept override { return &mFieldCollection; }
+  PluginFieldCollection const* getFieldNames() noexcept override { return &mNoFields; }
   AsciiChar const* getPluginName() const noexcept override { return kPluginName; }
   AsciiChar const* getPluginVersion() const noexcept override { return kPluginVersion; }
   AsciiChar const* getPluginNamespace() const noexcept override { return mNamespace.c_str(); }
 
  private:
   std::string mNamespace;
-  std::vector<PluginField> mFields;
-  PluginFieldCollection mFieldCollection{};
+  PluginFieldCollection mNoFields{0, nullptr};
 };
 
 TokenRestoreCreator& creator() {

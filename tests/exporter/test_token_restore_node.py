@@ -1,6 +1,8 @@
 """The `stagevar.TokenRestore` ONNX node: its local function, its torch op, and the exported
 fidelity graph that uses it (DESIGN.md section 8)."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -89,3 +91,19 @@ def test_the_exported_fidelity_graph_has_one_token_restore_node_per_chunk(tiny_a
     # The step graph has no LOWRANK restoration, hence no custom node to resolve.
     step = onnx.load(str(tiny_artifacts / "onnx" / "step.onnx"), load_external_data=False)
     assert not [n for n in step.graph.node if n.domain == DOMAIN] and not step.functions
+
+
+def test_plugin_variant_renames_the_nodes_to_the_trt_plugin_and_drops_the_function(tiny_artifacts, tiny_bundle):
+    from stagevar.exporter.onnx_local_functions import plugin_variant
+
+    model = onnx.load(str(tiny_artifacts / "onnx" / "fidelity.onnx"), load_external_data=False)
+    chunks = tiny_bundle.preset.transformer.block_chunks
+    assert plugin_variant(model) == chunks
+    renamed = [n for n in model.graph.node if n.op_type == "StageVarTokenRestore"]
+    assert len(renamed) == chunks and not model.functions
+    # The name/version must be the ones plugins/trt/token_restore_plugin.cpp registers.
+    source = (Path(__file__).parents[2] / "plugins" / "trt" / "token_restore_plugin.cpp").read_text()
+    assert 'kPluginName = "StageVarTokenRestore"' in source and 'kPluginVersion = "1"' in source
+    attrs = {a.name: helper.get_attribute_value(a) for a in renamed[0].attribute}
+    assert attrs == {"plugin_version": b"1", "plugin_namespace": b""}
+    assert list(renamed[0].input)[3] != "" and len(renamed[0].input) == 6
