@@ -23,7 +23,6 @@ __global__ void area_upsample_kernel(const float* __restrict__ prev, float* __re
                                      int64_t total, int h, int w, int H, int W, int C) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t M = static_cast<int64_t>(H) * W;
-  const int64_t m = static_cast<int64_t>(h) * w;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += stride) {
     const int64_t c = e % C;
@@ -74,7 +73,6 @@ extern "C" int stagevar_token_restore_cuda(const float* prev, const float* rows,
   const int status = stagevar_token_restore_check(prev, rows, indices, B, h, w, H, W, C, r, out);
   if (status != STAGEVAR_OK) return status;
   const int64_t M = static_cast<int64_t>(H) * W;
-  const int64_t m = static_cast<int64_t>(h) * w;
 
   const int64_t total_out = static_cast<int64_t>(B) * M * C;
   area_upsample_kernel<<<blocks_for(total_out), kThreads, 0, stream>>>(prev, out, total_out, h, w,

@@ -1,8 +1,9 @@
 // TensorRT 10 IPluginV3 wrapper of the token-restore op (DESIGN.md section 8).
 //
-// STATUS: written against TensorRT 10's documented IPluginV3 API (IPluginV3OneCore,
-// IPluginV3OneBuild, IPluginV3OneRuntime, IPluginCreatorV3One) but NOT yet compiled or run: the
-// machine it was written on has no TensorRT. CMake builds it (target stagevar_trt_plugin) only
+// STATUS: written against TensorRT 10's IPluginV3 API (IPluginV3OneCore, IPluginV3OneBuild,
+// IPluginV3OneRuntime, IPluginCreatorV3One); compiled (-Wall -Wextra, clean) against the
+// TensorRT 10.7 headers and exercised with a fake registry, but never run inside TensorRT: the
+// machine it was written on has no TensorRT and no GPU. CMake builds it (target stagevar_trt_plugin) only
 // when NvInfer.h is found via -DTensorRT_ROOT=... and a CUDA compiler exists.
 //
 // Plugin: name "StageVarTokenRestore", version "1", namespace "" (the ONNX parser's default).
@@ -25,6 +26,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "token_restore_cuda.h"
 
@@ -74,8 +76,11 @@ class TokenRestorePlugin final : public IPluginV3,
 
   int32_t getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs,
                              DataType const* inputTypes, int32_t nbInputs) const noexcept override {
+    (void)inputTypes;
     if (nbOutputs != 1 || nbInputs != kNbInputs) return -1;
-    outputTypes[0] = inputTypes[0];
+    // y is always float32: the only output type supportsFormatCombination accepts (not x's type,
+    // which would break the build if x ever arrived as anything but float32).
+    outputTypes[0] = DataType::kFLOAT;
     return 0;
   }
 
@@ -121,11 +126,13 @@ class TokenRestorePlugin final : public IPluginV3,
                         int32_t nbOutputs) noexcept override {
     (void)out;
     if (nbInputs != kNbInputs || nbOutputs != 1) return -1;
-    Sizes const z = sizes(in);
-    // x holds H*W tokens, prev h*w; rows and indices agree on r; everything on B and C.
-    if (in[kX].dims.d[1] != z.H * z.W || in[kPrev].dims.d[1] != z.h * z.w) return -1;
+    Sizes const z = sizes(in);  // B and C come from prev, r from rows, the grids from area_h/area_w
+    // x holds H*W tokens, prev h*w; rows and indices agree on r; everything on B and C. x's B and C
+    // matter most: y (the buffer enqueue writes B*H*W*C floats into) takes x's shape.
+    if (in[kX].dims.d[0] != z.B || in[kX].dims.d[1] != z.H * z.W || in[kX].dims.d[2] != z.C) return -1;
+    if (in[kPrev].dims.d[1] != z.h * z.w) return -1;
     if (in[kIndices].dims.d[1] != z.r || in[kRows].dims.d[0] != z.B || in[kIndices].dims.d[0] != z.B) return -1;
-    if (in[kPrev].dims.d[0] != z.B || in[kPrev].dims.d[2] != z.C || in[kRows].dims.d[2] != z.C) return -1;
+    if (in[kRows].dims.d[2] != z.C) return -1;
     return 0;
   }
 
