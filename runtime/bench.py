@@ -31,6 +31,13 @@ Timings = dict  # one call's timings: stage -> seconds, "scales" -> list of per-
 Progress = Callable[[str], None]
 
 
+def _backend_details(backend) -> dict:
+    """Execution providers (ort) or the engine build in use (trt, via its describe())."""
+    if hasattr(backend, "sessions"):
+        return {"providers": backend.sessions[next(iter(backend.sessions))].get_providers()}
+    return {"engines": backend.describe()} if hasattr(backend, "describe") else {}
+
+
 def check_counts(runs: int, warmup: int) -> None:
     """Refuse counts that give no measurement (one sentence, as every user error)."""
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
@@ -169,21 +176,21 @@ def benchmark_pipeline(
     machine = machine_info()  # load average before the runs; "load_avg_end" after them
     entries = {}
     for plan in resolved:
-        say(f"ort {plan.name}: 1 cold + {warmup} warmup + {runs} measured")
+        say(f"{plan.name}: 1 cold + {warmup} warmup + {runs} measured")
         t0 = time.perf_counter()
         cold, measured = measure(lambda: pipe(prompt, seed=seed, plan=plan, aspect=aspect, resolution=resolution,
                                               output_type="np").timings, runs, warmup)
         entries[plan.name] = summarize(cold, measured, plan, schedule)
-        say(f"ort {plan.name}: p50 {entries[plan.name]['p50']['total']:.3f} s ({time.perf_counter() - t0:.1f} s)")
+        say(f"{plan.name}: p50 {entries[plan.name]['p50']['total']:.3f} s ({time.perf_counter() - t0:.1f} s)")
     model = manifest.data.get("model", {})
     report = {
         "settings": {"prompt": prompt, "seed": seed, "aspect": schedule.aspect_name, "resolution": resolution,
                      "runs": runs, "warmup": warmup, "alpha": alpha,
                      "scales": [list(hw) for hw in schedule.scales]},
         "plans": entries,
-        "backend": "ort",
+        "backend": type(pipe.backend).__name__.removesuffix("Backend").lower(),
         "device": pipe.backend.device,
-        "providers": pipe.backend.sessions[next(iter(pipe.backend.sessions))].get_providers(),
+        **_backend_details(pipe.backend),
         "artifacts": {"path": str(manifest.root), "preset": model.get("preset"),
                       "precision": manifest.data.get("precision"), "random_init": model.get("random_init")},
         "machine": machine,

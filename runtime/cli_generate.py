@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--out", default="stagevar.png", help="output PNG; several images get _<i> suffixes")
     p.add_argument("--backend", default="ort", choices=("ort", "trt"), help="execution backend (default ort)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="device (default: cpu for ort, cuda for trt)")
+    p.add_argument("--plugins", default=None, help="trt: TensorRT plugin library (default: the one the engine build recorded)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="trt: run engines without CUDA graph replay")
     p.add_argument("--verify", default="quick", choices=("quick", "full"), help="artifact check: sizes (quick) or sha256 (full)")
     return p
 
@@ -47,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         raise StagevarError("--num-images must be at least 1.")
     from .pipeline import Pipeline
 
-    pipe = Pipeline.from_dir(args.artifacts, backend=args.backend, device=args.device, verify=args.verify)
+    trt_options = {"plugins": args.plugins, "cuda_graphs": not args.no_cuda_graphs} if args.backend == "trt" else {}
+    if args.backend != "trt" and (args.plugins or args.no_cuda_graphs):
+        raise StagevarError("--plugins and --no-cuda-graphs apply to --backend trt only.")
+    pipe = Pipeline.from_dir(args.artifacts, backend=args.backend, device=args.device, verify=args.verify, **trt_options)
     result = pipe(
         args.prompts, seed=args.seed, plan=args.plan, cfg=args.cfg, tau=args.tau, aspect=args.aspect,
         resolution=args.resolution, alpha=args.alpha, num_images_per_prompt=args.num_images, output_type="pil",

@@ -122,13 +122,17 @@ class Pipeline:
         self._area: dict[tuple[tuple[int, int], tuple[int, int]], dict[str, DeviceArray]] = {}
 
     @classmethod
-    def from_dir(cls, path, backend: str = "ort", device: str = "cpu", verify: bool | str = "quick") -> "Pipeline":
+    def from_dir(cls, path, backend: str = "ort", device: str | None = None, verify: bool | str = "quick",
+                 plugins: str | None = None, cuda_graphs: bool = True) -> "Pipeline":
         """Load an export: check its manifest (`verify`: "full" hashes every file, "quick" sizes
-        only), open one onnxruntime session per graph on `device` ("cpu" or "cuda")."""
-        if backend == "trt":
-            raise StagevarError("The trt backend is not built yet (TensorRT support is still to come); use backend='ort'.")
+        only), then open its graphs on `backend`: "ort" (onnxruntime sessions on `device`, "cpu"
+        by default or "cuda") or "trt" (the TensorRT engines built for this GPU by
+        `stagevar-export build`, on "cuda"; `plugins` overrides the plugin library path the build
+        recorded; `cuda_graphs` replays each scale as a captured CUDA graph)."""
         if backend not in BACKENDS:
-            raise StagevarError(f"Backend {backend!r} is not known; use 'ort'.")
+            raise StagevarError(f"Backend {backend!r} is not known; use 'ort' or 'trt'.")
+        if backend != "trt" and (plugins is not None or not cuda_graphs):
+            raise StagevarError("plugins and cuda_graphs apply to backend 'trt' only; drop them or use backend='trt'.")
         manifest = load_manifest(path, verify=verify)
         if manifest.data.get("family") != "infinity":
             raise StagevarError(f"Export {manifest.root} is of model family {manifest.data.get('family')!r}, "
@@ -137,7 +141,13 @@ class Pipeline:
         if not isinstance(tok_entry, dict) or not isinstance(tok_entry.get("path"), str):
             raise StagevarError(f"manifest.json in {manifest.root} has no tokenizer entry; export again.")
         tokenizer = load_tokenizer_json(Path(manifest.root) / tok_entry["path"])
-        return cls(manifest, OrtBackend(manifest, device=device), tokenizer)
+        if backend == "trt":
+            from .trt_backend import TrtBackend  # lazy: TensorRT is an optional extra
+
+            engine = TrtBackend(manifest, device=device or "cuda", plugins=plugins, cuda_graphs=cuda_graphs)
+        else:
+            engine = OrtBackend(manifest, device=device or "cpu")
+        return cls(manifest, engine, tokenizer)
 
     # ---- public call ------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifacts", help="export directory (the one holding manifest.json)")
     p.add_argument("--plans", default="exact,stagevar", help=f"comma-separated stage plans among {', '.join(PLAN_PRESETS)} (default exact,stagevar)")
     p.add_argument("--backend", default="ort", choices=("ort", "trt"), help="execution backend (default ort)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="device (default: cpu for ort, cuda for trt)")
+    p.add_argument("--plugins", default=None, help="trt: TensorRT plugin library (default: the one the engine build recorded)")
     p.add_argument("--runs", type=int, default=DEFAULT_RUNS, help=f"measured calls per plan (default {DEFAULT_RUNS})")
     p.add_argument("--warmup", type=int, default=1, help="discarded calls per plan after the cold one (default 1)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of every call")
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     from stagevar.runtime.pipeline import Pipeline
 
     t0 = time.perf_counter()
-    pipe = Pipeline.from_dir(artifacts, backend=args.backend, device=args.device, verify="quick")
+    extra = {"plugins": args.plugins} if args.backend == "trt" else {}
+    pipe = Pipeline.from_dir(artifacts, backend=args.backend, device=args.device, verify="quick", **extra)
     load_seconds = time.perf_counter() - t0
     settings = dict(plans=plans, prompt=args.prompt, seed=args.seed, aspect=args.aspect, runs=args.runs,
                     warmup=args.warmup, progress=say)
