@@ -1,7 +1,8 @@
 """`stagevar-export`: per-scale ONNX graphs with StageVAR compiled in, a verified manifest, a check.
 
 With no arguments it exports the built-in `infinity-tiny` preset (random weights) to
-./stagevar-artifacts/infinity-tiny.
+./stagevar-artifacts/infinity-tiny. `stagevar-export build DIR` builds TensorRT engines for an
+existing export (exporter/trt/cli_build.py); `--engine trt` exports, then builds.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ from stagevar.runtime.schedules import RESOLUTIONS
 
 from .model_args import add_model_arguments, check_checkpoint_args, load_bundle
 from .progress import PhaseProgress
+from .trt.cli_build import add_engine_arguments
+
+
+_BUILD_EPILOG = ("TensorRT: `stagevar-export build DIR [--plugins PATH] [--opt-level 0-5] [--workspace-gib N] "
+                 "[--timing-cache PATH] [--check] [--force]` builds engines for an existing export "
+                 "(see `stagevar-export build --help`).")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stagevar-export", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="stagevar-export", description=__doc__.splitlines()[0], epilog=_BUILD_EPILOG)
     add_model_arguments(p)
     p.add_argument("--aspect", default="1:1", help="comma-separated width:height list, e.g. 1:1,16:9 (default 1:1)")
     p.add_argument("--resolution", default="1M", help=f"one of {', '.join(RESOLUTIONS)} (default 1M)")
@@ -30,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default ./stagevar-artifacts/<model>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--check", action="store_true", help="compare every graph with torch in ONNX Runtime; non-zero exit if not ok")
+    p.add_argument("--engine", choices=("trt",), help="after exporting, build TensorRT engines (as `stagevar-export build OUT`; "
+                   "with --check they are compared with ONNX Runtime too)")
+    add_engine_arguments(p)
     return p
 
 
@@ -55,6 +65,11 @@ def _summary(out: Path, manifest: dict, progress: PhaseProgress) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "build":  # subcommand; the export's own options stay top-level
+        from .trt.cli_build import main as build_main
+
+        return build_main(argv[1:])
     args = build_parser().parse_args(argv)
     from .infinity.presets import get_preset
 
@@ -74,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     canonical_alpha(args.alpha)
     if args.batch < 1:
         raise StagevarError("--batch must be at least 1.")
+    if args.plugins is not None and args.engine != "trt":
+        raise StagevarError("--plugins is for TensorRT engines; add --engine trt (or use `stagevar-export build DIR --plugins PATH`).")
+    if args.plugins is not None and not args.plugins.is_file():
+        raise StagevarError(f"--plugins {args.plugins} is not a file; pass the built libstagevar_trt_plugin.so.")
     check_checkpoint_args(preset, args)
 
     # fidelity traces in a background process from the start; its phase is the wait for it.
@@ -100,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     label = "RANDOM weights (a demo/test export, images are noise)" if manifest["model"]["random_init"] else "checkpoint weights"
     print(f"exported {preset.name} ({label}), {args.precision}, aspects {', '.join(manifest['aspects'])} "
           f"to {out} in {time.perf_counter() - t0:.1f} s")
+    code = 0
     if args.check:
         from .infinity.check import run_check
 
@@ -107,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         progress.phase("check")
         ok = run_check(out, bundle)
         progress.close()
-        return 0 if ok else 1
-    return 0
+        code = 0 if ok else 1
+    if args.engine == "trt":
+        # The export above is complete and stays so whatever happens here (no TensorRT: one
+        # sentence, exit 2).
+        from .trt.cli_build import run_build
+
+        code = max(code, run_build(out, plugins=args.plugins, check=args.check))
+    return code
 
 
 def entry(argv: list[str] | None = None) -> int:
