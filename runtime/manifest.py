@@ -23,6 +23,9 @@ MANIFEST_NAME = "manifest.json"
 # Artifacts can be many GB: hash them in bounded chunks instead of reading them whole.
 _CHUNK_BYTES = 1 << 20
 _VERIFY_MODES = ("full", "quick")
+# Check and bench reports are results about an export, rewritten whenever they run: listing
+# them would make every later report break verification.
+REPORTS_DIR = "reports"
 
 
 # --------------------------------------------------------------------------------------------
@@ -41,7 +44,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def file_digests(root: str | os.PathLike) -> dict[str, dict]:
-    """Digest every file under ``root`` except the root's ``manifest.json``.
+    """Digest every file under ``root`` except the root's ``manifest.json`` and ``reports/``.
 
     Returns ``{relative POSIX path: {"sha256": hex, "bytes": size}}`` sorted by path.
     """
@@ -52,7 +55,7 @@ def file_digests(root: str | os.PathLike) -> dict[str, dict]:
         for name in filenames:
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
-            if rel != MANIFEST_NAME:
+            if rel != MANIFEST_NAME and not rel.startswith(f"{REPORTS_DIR}/"):
                 found.append((rel, path))
     return {rel: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
             for rel, path in sorted(found)}

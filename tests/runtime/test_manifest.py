@@ -239,3 +239,13 @@ def test_manifest_is_frozen(export):
     m = load_manifest(export)
     with pytest.raises(AttributeError):
         m.root = export.parent
+
+
+def test_reports_are_not_listed_so_rewriting_them_keeps_the_export_valid(export):
+    reports = export / "reports"
+    reports.mkdir()
+    (reports / "check.json").write_text('{"ok": true}')
+    write_manifest(export, {"model": "x"})
+    assert not [rel for rel in load_manifest(export).files if rel.startswith("reports/")]
+    (reports / "check.json").write_text('{"ok": false, "rows": []}')
+    load_manifest(export, verify="full")
