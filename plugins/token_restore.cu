@@ -23,6 +23,7 @@ __global__ void area_upsample_kernel(const float* __restrict__ prev, float* __re
                                      int64_t total, int h, int w, int H, int W, int C) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t M = static_cast<int64_t>(H) * W;
+  const int64_t m = static_cast<int64_t>(h) * w;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += stride) {
     const int64_t c = e % C;
