@@ -1,0 +1,120 @@
+"""`stagevar-serve`: serve an export on Triton Inference Server or Ray Serve.
+
+    stagevar-serve triton DIR --repo REPO [--instances N] [--kind cpu|gpu] [--max-batch N]
+    stagevar-serve ray DIR [--replicas N] [--num-gpus G] [--port P]
+
+`triton` writes a model repository for a Triton server you run (`tritonserver --model-repository
+REPO`); `ray` starts Ray Serve in this process and serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.stage_plan import DEFAULT_PLAN, PLAN_PRESETS
+
+from .request import RequestDefaults
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stagevar-serve", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="engine", required=True, metavar="{triton,ray}")
+
+    t = sub.add_parser("triton", help="write a Triton model repository (Python backend) for an export")
+    t.add_argument("artifacts", help="export directory (the one holding manifest.json)")
+    t.add_argument("--repo", required=True, help="model repository folder to write into")
+    t.add_argument("--model-name", default="stagevar_pipeline", help="model name (default stagevar_pipeline)")
+    t.add_argument("--instances", type=int, default=1, help="instances per device; each holds a whole pipeline (default 1)")
+    t.add_argument("--kind", default="cpu", choices=("cpu", "gpu"), help="instance kind: KIND_CPU or KIND_GPU (default cpu)")
+    t.add_argument("--max-batch", type=int, default=4, help="Triton max_batch_size: rows per execution (default 4)")
+    t.add_argument("--max-queue-delay-ms", type=float, default=20.0,
+                   help="how long the dynamic batcher waits to fill a batch (default 20)")
+    t.add_argument("--server-artifacts", default=None,
+                   help="the export's path as the server sees it (e.g. a container mount; default: DIR)")
+    t.add_argument("--no-warmup", action="store_true", help="skip the warm-up image at model load")
+    t.add_argument("--force", action="store_true", help="replace an existing model directory")
+    _pipeline_options(t, device_help="pipeline device (default: cuda with --kind gpu, else cpu)")
+
+    r = sub.add_parser("ray", help="serve an export with Ray Serve (HTTP POST JSON -> PNG)")
+    r.add_argument("artifacts", help="export directory (the one holding manifest.json)")
+    r.add_argument("--replicas", type=int, default=1, help="replicas; each holds a whole pipeline (default 1)")
+    r.add_argument("--num-gpus", type=float, default=0, help="GPUs per replica (default 0: CPU)")
+    r.add_argument("--num-cpus", type=float, default=1, help="CPUs per replica (default 1)")
+    r.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1; 0.0.0.0 to expose)")
+    r.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    r.add_argument("--route", default="/generate", help="HTTP route (default /generate)")
+    r.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
+    r.add_argument("--max-batch", type=int, default=4, help="requests per batched pipeline call (default 4)")
+    r.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a batch waits to fill (default 20)")
+    _pipeline_options(r, device_help="pipeline device (default: cuda with --num-gpus > 0, else cpu)")
+    return p
+
+
+def _pipeline_options(p: argparse.ArgumentParser, device_help: str) -> None:
+    p.add_argument("--backend", default="ort", choices=("ort", "trt"), help="execution backend (default ort)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"), help=device_help)
+    p.add_argument("--verify", default="quick", choices=("quick", "full"),
+                   help="artifact check at load: sizes (quick) or sha256 (full)")
+    g = p.add_argument_group("request defaults (a request may override plan, aspect, cfg and tau)")
+    g.add_argument("--plan", default=DEFAULT_PLAN, help=f"{', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN})")
+    g.add_argument("--aspect", default="1:1", help="width:height (default 1:1)")
+    g.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
+    g.add_argument("--tau", type=float, default=None, help="logit temperature (default: the model's)")
+    g.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
+
+
+def _defaults(args) -> RequestDefaults:
+    return RequestDefaults(plan=args.plan, aspect=args.aspect, cfg=args.cfg, tau=args.tau,
+                           resolution=args.resolution).check()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.engine == "triton":
+        return _triton(args)
+    return _ray(args)
+
+
+def _triton(args) -> int:
+    from .triton_repo import TritonRepoConfig, write_triton_repo
+
+    cfg = TritonRepoConfig(
+        artifacts=Path(args.artifacts), model_name=args.model_name, instances=args.instances, kind=args.kind,
+        max_batch=args.max_batch, max_queue_delay_us=int(round(args.max_queue_delay_ms * 1000)),
+        backend=args.backend, device=args.device, verify=args.verify, warmup=not args.no_warmup,
+        server_artifacts=args.server_artifacts, defaults=_defaults(args),
+    )
+    target = write_triton_repo(cfg, args.repo, force=args.force)
+    print(f"wrote {target / 'config.pbtxt'} and {target / '1' / 'model.py'} "
+          f"({args.instances} x {cfg.pipeline_device} instance(s), max batch {args.max_batch})")
+    print(f"serve it with: tritonserver --model-repository {Path(args.repo).resolve()}")
+    return 0
+
+
+def _ray(args) -> int:
+    from .ray_app import RayServeConfig, run_ray
+
+    if importlib.util.find_spec("ray") is None:
+        raise StagevarError("Ray Serve is not installed; pip install 'stagevar[serve-ray]'.")
+    if not 0 < args.port < 65536:
+        raise StagevarError(f"--port {args.port} is not a TCP port; use 1 to 65535.")
+    cfg = RayServeConfig(
+        artifacts=Path(args.artifacts), replicas=args.replicas, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
+        max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000, backend=args.backend,
+        device=args.device, verify=args.verify, defaults=_defaults(args),
+    )
+    run_ray(cfg, host=args.host, port=args.port, route_prefix=args.route, address=args.address, blocking=True)
+    return 0
+
+
+def entry(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())
