@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kv_cache import KVCache
 from .trt_profiles import ALIGNMENT, row_range_copy
 
 
@@ -313,47 +314,8 @@ def host_array(array: np.ndarray) -> CudaArray:
     return CudaArray(array.ctypes.data, tuple(array.shape), array.dtype, "cpu", array)
 
 
-class TrtKVCache:
-    """A request's token-major K/V cache [tokens, depth, 2 (k, v), rows, heads, head_dim] on the GPU,
-    with the interface of `ort_backend.KVCache` (prefix, slot, commit, compact, writes)."""
-
-    debug_fill: float | None = None
-
-    def __init__(self, backend, capacity: int, tail: tuple[int, ...], dtype: np.dtype):
-        self.backend = backend
-        self.capacity = int(capacity)
-        self.tail = tail
-        self.length = 0
-        self.allocations = 0
-        self.writes: list[tuple[int, int]] = []
-        self.buffer = self._allocate(tail, dtype)
-
-    @property
-    def rows(self) -> int:
-        return self.tail[2]
-
-    def _allocate(self, tail: tuple[int, ...], dtype: np.dtype) -> CudaArray:
-        buf = self.backend.alloc((max(self.capacity, 1), *tail), dtype, fill=self.debug_fill)
-        self.allocations += 1
-        self.backend.kv_allocations += 1
-        self.backend.kv_bytes += buf.nbytes
-        return buf
-
-    def prefix(self) -> CudaArray:
-        """The past tokens [0, length): the `past_kv` input of the next scale."""
-        return self.buffer.rows(0, self.length)
-
-    def slot(self, tokens: int) -> CudaArray:
-        """The slot [length, length + tokens) that the next scale's `new_kv` output is bound to."""
-        if self.length + tokens > self.capacity:
-            raise RuntimeError(f"K/V cache of {self.capacity} tokens cannot take {tokens} more after {self.length}")
-        return self.buffer.rows(self.length, self.length + tokens)
-
-    def commit(self, tokens: int) -> None:
-        """Record that the slot of `tokens` tokens was written; it becomes part of the prefix."""
-        self.writes.append((self.length, tokens))
-        self.length += tokens
-        self.backend.kv_slot_writes += 1
+class TrtKVCache(KVCache):
+    """`KVCache` on the GPU: compaction is one strided device copy instead of a host round trip."""
 
     def compact(self, start: int, stop: int) -> None:
         """Keep rows [start, stop) of every token (the null rows): one strided copy on the GPU."""

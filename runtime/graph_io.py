@@ -63,3 +63,15 @@ def fidelity_inputs(num_chunks: int) -> tuple[str, ...]:
 
 def fidelity_outputs(num_chunks: int) -> tuple[str, ...]:
     return ("logits", "chunk_outputs") + tuple(f"indices_{c}" for c in range(num_chunks))
+
+
+def contract(graph: str, num_chunks: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of a graph (fidelity's depend on the chunk count)."""
+    if graph == FIDELITY:
+        return fidelity_inputs(num_chunks), fidelity_outputs(num_chunks)
+    return {
+        TEXT_ENCODER: (TEXT_ENCODER_INPUTS, TEXT_ENCODER_OUTPUTS),
+        TEXT_COND: (TEXT_COND_INPUTS, TEXT_COND_OUTPUTS),
+        STEP: (STEP_INPUTS, STEP_OUTPUTS),
+        VAE_DECODER: (VAE_INPUTS, VAE_OUTPUTS),
+    }[graph]

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from . import graph_io as gio
 from .errors import StagevarError
+from .kv_cache import KVCache
 from .manifest import Manifest
 
 DEVICES = ("cpu", "cuda")
@@ -124,7 +125,7 @@ class OrtBackend:
             raise StagevarError(f"onnxruntime could not start its CUDA provider for graph '{name}' "
                                 f"(the GPU, its driver or the CUDA/cuDNN libraries are missing); "
                                 f"fix the GPU setup or use device='cpu'.")
-        inputs, outputs = _contract(name, self._chunks)
+        inputs, outputs = gio.contract(name, self._chunks)
         have_in = tuple(a.name for a in session.get_inputs())
         have_out = tuple(a.name for a in session.get_outputs())
         if set(have_in) != set(inputs) or not set(outputs) <= set(have_out):
@@ -240,79 +241,3 @@ def _block_chunks(manifest: Manifest) -> int:
     except (KeyError, TypeError, ValueError):
         raise StagevarError(f"manifest.json in {manifest.root} does not give the model's block_chunks; "
                             f"export again with this stagevar version.") from None
-
-
-def _contract(graph: str, chunks: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Input and output names of a graph per `graph_io` (fidelity's depend on the chunk count)."""
-    if graph == gio.FIDELITY:
-        return gio.fidelity_inputs(chunks), gio.fidelity_outputs(chunks)
-    return {
-        gio.TEXT_ENCODER: (gio.TEXT_ENCODER_INPUTS, gio.TEXT_ENCODER_OUTPUTS),
-        gio.TEXT_COND: (gio.TEXT_COND_INPUTS, gio.TEXT_COND_OUTPUTS),
-        gio.STEP: (gio.STEP_INPUTS, gio.STEP_OUTPUTS),
-        gio.VAE_DECODER: (gio.VAE_INPUTS, gio.VAE_OUTPUTS),
-    }[graph]
-
-
-class KVCache:
-    """A request's token-major K/V cache [tokens, depth, 2 (k, v), rows, heads, head_dim].
-
-    Tokens are the outermost axis, so the past tokens are the contiguous prefix [0, length) and
-    a scale's new K/V is the contiguous slot after it. `writes` lists (start, tokens) of each
-    slot written. `debug_fill` (tests only) fills new buffers so unwritten slots show.
-    """
-
-    debug_fill: float | None = None
-
-    def __init__(self, backend: OrtBackend, capacity: int, tail: tuple[int, ...], dtype: np.dtype):
-        self.backend = backend
-        self.capacity = int(capacity)
-        self.tail = tail
-        self.length = 0
-        self.allocations = 0
-        self.writes: list[tuple[int, int]] = []
-        self.buffer = self._allocate(tail, dtype)
-
-    @property
-    def rows(self) -> int:
-        return self.tail[2]
-
-    def _allocate(self, tail: tuple[int, ...], dtype: np.dtype) -> DeviceArray:
-        buf = self.backend.alloc((max(self.capacity, 1), *tail), dtype, fill=self.debug_fill)
-        self.allocations += 1
-        self.backend.kv_allocations += 1
-        self.backend.kv_bytes += buf.nbytes
-        return buf
-
-    def prefix(self) -> DeviceArray:
-        """The past tokens [0, length): the `past_kv` input of the next scale."""
-        return self.buffer.rows(0, self.length)
-
-    def slot(self, tokens: int) -> DeviceArray:
-        """The slot [length, length + tokens) that the next scale's `new_kv` output is bound to."""
-        if self.length + tokens > self.capacity:
-            raise RuntimeError(f"K/V cache of {self.capacity} tokens cannot take {tokens} more after {self.length}")
-        return self.buffer.rows(self.length, self.length + tokens)
-
-    def commit(self, tokens: int) -> None:
-        """Record that the slot of `tokens` tokens was written; it becomes part of the prefix."""
-        self.writes.append((self.length, tokens))
-        self.length += tokens
-        self.backend.kv_slot_writes += 1
-
-    def compact(self, start: int, stop: int) -> None:
-        """Keep rows [start, stop) of every token (the null rows): one copy into a new buffer."""
-        old = self.buffer
-        tail = (*self.tail[:2], stop - start, *self.tail[3:])
-        if not self.backend.use_ortvalues:
-            self.tail = tail
-            self.buffer = self._allocate(tail, old.dtype)
-            self.buffer.numpy()[: self.length] = old.numpy()[: self.length, :, :, start:stop]
-            return
-        host = np.empty((max(self.capacity, 1), *tail), old.dtype)
-        host[: self.length] = old.numpy()[: self.length, :, :, start:stop]
-        self.tail = tail
-        self.buffer = self.backend.upload(host)
-        self.allocations += 1
-        self.backend.kv_allocations += 1
-        self.backend.kv_bytes += self.buffer.nbytes

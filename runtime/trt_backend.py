@@ -202,7 +202,7 @@ class TrtBackend:
             raise StagevarError(f"TensorRT could not load engine {path} (see its error above; a plugin library "
                                 f"may be missing); build the engines again on this machine.")
         eng = _Engine(self.trt, name, engine)
-        inputs, outputs = _contract(name, self._chunks)
+        inputs, outputs = gio.contract(name, self._chunks)
         if set(eng.inputs) != set(inputs) or not set(outputs) <= set(eng.outputs):
             raise StagevarError(f"Engine {path} does not have the inputs and outputs this runtime binds (it has "
                                 f"{', '.join(eng.inputs)} -> {', '.join(eng.outputs)}); export and build again.")
@@ -303,7 +303,7 @@ class TrtBackend:
     def run_plain(self, graph: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run an engine on host inputs and return its host outputs (text encoder, VAE)."""
         outputs = self._run(graph, feeds, None)
-        order = _contract(graph, self._chunks)[1]
+        order = gio.contract(graph, self._chunks)[1]
         return [outputs[name].numpy() for name in order]
 
     def run_bound(self, graph: str, inputs: Mapping[str, np.ndarray | CudaArray],
@@ -327,7 +327,7 @@ class TrtBackend:
             dtype, shape = eng.dtype(name, "output"), tuple(int(d) for d in ctx.ctx.get_tensor_shape(name))
             if min((*shape, 0)) < 0:
                 raise RuntimeError(f"{graph}.{name} has a data-dependent shape {shape}, which this backend cannot bind")
-            if outputs is None and name in _contract(graph, self._chunks)[1]:
+            if outputs is None and name in gio.contract(graph, self._chunks)[1]:
                 results[name] = host_array(np.empty(shape, dtype))
             value = results.get(name)
             if value is None:  # an output the pipeline does not read: still needs an address
@@ -452,18 +452,6 @@ class TrtBackend:
         cache = TrtKVCache(self, capacity, (depth, 2, rows, heads, head_dim), np.dtype(dtype))
         self.last_kv_cache = cache
         return cache
-
-
-def _contract(graph: str, chunks: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Input and output names of a graph per `graph_io` (fidelity's depend on the chunk count)."""
-    if graph == gio.FIDELITY:
-        return gio.fidelity_inputs(chunks), gio.fidelity_outputs(chunks)
-    return {
-        gio.TEXT_ENCODER: (gio.TEXT_ENCODER_INPUTS, gio.TEXT_ENCODER_OUTPUTS),
-        gio.TEXT_COND: (gio.TEXT_COND_INPUTS, gio.TEXT_COND_OUTPUTS),
-        gio.STEP: (gio.STEP_INPUTS, gio.STEP_OUTPUTS),
-        gio.VAE_DECODER: (gio.VAE_INPUTS, gio.VAE_OUTPUTS),
-    }[graph]
 
 
 def _load_plugins(trt, manifest: Manifest, build: dict, plugins: str | None) -> None:
