@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kv_cache import KVCache
+from .pointer_array import PointerRows
 from .trt_profiles import ALIGNMENT, row_range_copy
 
 
@@ -270,7 +271,7 @@ class MemoryPool:
 
 
 @dataclass(frozen=True, eq=False)
-class CudaArray:
+class CudaArray(PointerRows):
     """A dense C-contiguous tensor addressed by pointer: on the GPU (`device` "cuda", `owner` an
     `Allocation`) or on the host (`device` "cpu", `owner` the numpy array). Mirrors
     `ort_backend.DeviceArray`; `row0` is the first row of a `rows` view within the owner."""
@@ -282,21 +283,6 @@ class CudaArray:
     owner: object
     row0: int = 0
     cuda: Cuda | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-    @property
-    def row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-
-    def rows(self, start: int, stop: int) -> "CudaArray":
-        """Rows [start, stop) of axis 0: contiguous because axis 0 is outermost."""
-        if not 0 <= start <= stop <= self.shape[0]:
-            raise ValueError(f"rows [{start}, {stop}) out of range for {self.shape[0]} rows")
-        return CudaArray(self.ptr + start * self.row_bytes, (stop - start, *self.shape[1:]), self.dtype,
-                         self.device, self.owner, self.row0 + start, self.cuda)
 
     def numpy(self) -> np.ndarray:
         """Host values: a view of host memory, or a copy of device memory after the stream's work."""

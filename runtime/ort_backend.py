@@ -20,6 +20,7 @@ from . import graph_io as gio
 from .errors import StagevarError
 from .kv_cache import KVCache
 from .manifest import Manifest
+from .pointer_array import PointerRows
 
 DEVICES = ("cpu", "cuda")
 _CUDA_EP, _CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -31,7 +32,7 @@ _ORT_TYPES = {
 
 
 @dataclass(frozen=True, eq=False)
-class DeviceArray:
+class DeviceArray(PointerRows):
     """A dense C-contiguous tensor on one device, addressed by pointer.
 
     `owner` keeps the memory alive: a numpy array on CPU, an `OrtValue` otherwise. A row view
@@ -44,21 +45,6 @@ class DeviceArray:
     device: str
     owner: object
     row0: int = 0
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-    @property
-    def row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-
-    def rows(self, start: int, stop: int) -> "DeviceArray":
-        """Rows [start, stop) of axis 0: contiguous because axis 0 is outermost."""
-        if not 0 <= start <= stop <= self.shape[0]:
-            raise ValueError(f"rows [{start}, {stop}) out of range for {self.shape[0]} rows")
-        return DeviceArray(self.ptr + start * self.row_bytes, (stop - start, *self.shape[1:]),
-                           self.dtype, self.device, self.owner, self.row0 + start)
 
     def numpy(self) -> np.ndarray:
         """Host values: a view of the memory on CPU (no copy), a copy from other devices."""
