@@ -8,7 +8,12 @@ a step graph reads the prefix and writes its slot in place. Memory comes from th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .ort_backend import DeviceArray
 
 
 class KVCache:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,28 @@ def import_or_skip(module: str, engine: str):
     if engine in required_engines():
         return importlib.import_module(module)
     return pytest.importorskip(module, reason=f"needs stagevar[serve-{engine}] (run .ci/serving)")
+
+
+def concurrent_images(fetch, count: int, timeout_s: float) -> list:
+    """`fetch(i)` for i < count in `count` threads released together; their results, in order.
+
+    Every thread's exception is collected and re-raised here, and a thread still running after
+    the time limit fails the test instead of hanging it.
+    """
+    results, errors = [None] * count, []
+    start = threading.Barrier(count)
+
+    def worker(i):
+        try:
+            start.wait(timeout=timeout_s)
+            results[i] = fetch(i)
+        except Exception as exc:  # collected and asserted below; a thread must not swallow it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=4 * timeout_s)
+    assert not any(t.is_alive() for t in threads) and errors == []
+    return results

@@ -2,7 +2,6 @@
 `num_gpus: 1` replica schedules), over loopback HTTP and through its Python handle."""
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,7 @@ from stagevar.runtime.errors import StagevarError
 from stagevar.serve.local_triton import free_port
 from stagevar.serve.request import RequestDefaults
 
-from .helpers import RESOLUTION, import_or_skip, png_to_array, sigterm_raises_interrupt
+from .helpers import RESOLUTION, concurrent_images, import_or_skip, png_to_array, sigterm_raises_interrupt
 
 pytestmark = pytest.mark.serving
 ray = import_or_skip("ray", "ray")
@@ -78,22 +77,7 @@ def _exercise(url, handle, reference_image):
     assert status == 400 and "not JSON" in json.loads(data)["error"]
 
     # 8 concurrent requests.
-    results, errors = [None] * 8, []
-    start = threading.Barrier(8)
-
-    def worker(i):
-        try:
-            start.wait(timeout=TIMEOUT_S)
-            results[i] = image(url, prompt=f"prompt number {i}", seed=100 + i)
-        except Exception as exc:  # asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=4 * TIMEOUT_S)
-    assert not any(t.is_alive() for t in threads) and errors == []
+    results = concurrent_images(lambda i: image(url, prompt=f"prompt number {i}", seed=100 + i), 8, TIMEOUT_S)
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result, reference_image(f"prompt number {i}", 100 + i))
 

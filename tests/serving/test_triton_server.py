@@ -5,7 +5,6 @@ Runs in the serving CI job's own virtualenv (`.ci/serving`: PyTriton pins numpy<
 """
 
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,9 @@ from stagevar.runtime.errors import StagevarError
 from stagevar.serve.request import RequestDefaults
 from stagevar.serve.triton_repo import TritonRepoConfig, write_triton_repo
 
-from .helpers import RESOLUTION, glibc_version, import_or_skip, required_engines, sigterm_raises_interrupt
+from .helpers import (
+    RESOLUTION, concurrent_images, glibc_version, import_or_skip, required_engines, sigterm_raises_interrupt,
+)
 
 pytestmark = pytest.mark.serving
 httpclient = import_or_skip("tritonclient.http", "triton")
@@ -92,25 +93,14 @@ def _exercise(server, reference_image):
         c.close()
 
     # 8 concurrent requests, one client each (tritonclient's HTTP client is not thread-safe).
-    results, errors = [None] * 8, []
-    start = threading.Barrier(8)
-
-    def worker(i):
+    def fetch(i):
         wc = client(server)
         try:
-            start.wait(timeout=TIMEOUT_S)
-            results[i] = infer(wc, f"prompt number {i}", 100 + i)
-        except Exception as exc:  # collected and asserted below; a thread must not swallow it
-            errors.append(exc)
+            return infer(wc, f"prompt number {i}", 100 + i)
         finally:
             wc.close()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=4 * TIMEOUT_S)
-    assert not any(t.is_alive() for t in threads) and errors == []
+    results = concurrent_images(fetch, 8, TIMEOUT_S)
     for i, image in enumerate(results):
         np.testing.assert_array_equal(image, reference_image(f"prompt number {i}", 100 + i))
 
