@@ -18,44 +18,20 @@ import importlib
 import mmap
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from . import graph_io as gio
-from .cuda_memory import Cuda, CudaArray, CudaError, MemoryPool, TrtKVCache, host_array, load_cudart
+from .cuda_memory import Cuda, CudaArray, CudaError, MemoryPool, TrtKVCache, host_array
 from .errors import StagevarError
-from .manifest import Manifest, sha256_file
+from .manifest import Manifest
+from .trt_engine import EngineInfo, ProfileContext, import_tensorrt, load_plugins
 from .trt_profiles import ALIGNMENT, CapturePolicy, is_aligned, row_range, row_range_copy, select_profile
 
 __all__ = ["TrtBackend", "TrtKVCache"]
 
 _STAGING_LIMIT = 512  # staging/scratch buffers kept per backend (keyed by graph, tensor, size)
-_LOADED_PLUGINS: dict[str, object] = {}  # resolved path -> TensorRT library handle (per process)
-
-
-def _import_trt():
-    """(tensorrt, cudart) or StagevarError saying what is missing."""
-    reason = None
-    try:
-        import tensorrt as trt
-
-        version = str(getattr(trt, "__version__", "0"))
-        if not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 10:
-            reason = f"found TensorRT {version}"
-    except Exception as exc:  # not installed, or the PyPI placeholder package, or missing libraries
-        trt, reason = None, ("tensorrt is not installed" if isinstance(exc, ModuleNotFoundError)
-                             else f"tensorrt failed to import: {type(exc).__name__}")
-    if reason is None:
-        try:
-            cudart = load_cudart()
-        except Exception:
-            reason = "cuda-python is not installed"
-    if reason is not None:
-        raise StagevarError(f"Backend 'trt' needs TensorRT 10+ and cuda-python on a machine with an NVIDIA GPU "
-                            f"({reason}); install stagevar[trt] on such a machine, or use backend='ort'.")
-    return trt, cudart
 
 
 def _device_index(device: str) -> int:
@@ -69,56 +45,6 @@ def _device_index(device: str) -> int:
 
 def _nbytes(shape, dtype: np.dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-
-
-class _Context:
-    """An execution context bound to one profile, with the shapes and addresses last set on it."""
-
-    def __init__(self, ctx, key: tuple[str, int]):
-        self.ctx, self.key = ctx, key
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.addresses: dict[str, int] = {}
-
-
-class _Engine:
-    """One graph's engine: its I/O tensors, their dtypes, its profiles and contexts."""
-
-    def __init__(self, trt, name: str, engine):
-        self.trt, self.name, self.engine = trt, name, engine
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        mode = engine.get_tensor_mode
-        self.inputs = [n for n in names if mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if mode(n) == trt.TensorIOMode.OUTPUT]
-        # Shape-inference inputs (shape tensors) live in host memory; none are expected.
-        self.host_inputs = {n for n in self.inputs if engine.is_shape_inference_io(n)}
-        self.trt_dtypes = {n: engine.get_tensor_dtype(n) for n in names}
-        shapes = {n: tuple(int(d) for d in engine.get_tensor_shape(n)) for n in self.inputs}
-        # Inputs without dynamic axes (scalars, fixed tables) take no set_input_shape.
-        self.static = {n: s for n, s in shapes.items() if min((*s, 0)) >= 0}
-        self.profiles = [self._profile(i) for i in range(engine.num_optimization_profiles)]
-        self.contexts: dict[int, _Context] = {}
-
-    def _profile(self, index: int) -> dict:
-        profile = {}
-        for name in self.inputs:
-            try:
-                lo, opt, hi = (tuple(int(d) for d in dims) for dims in
-                               self.engine.get_tensor_profile_shape(name, index))
-            except Exception:  # an input the profile does not describe: static, or a shape tensor
-                lo = opt = hi = tuple(int(d) for d in self.engine.get_tensor_shape(name))
-            if len(lo) == len(opt) == len(hi) and min((*lo, 0)) >= 0:
-                profile[name] = (lo, opt, hi)
-        return profile
-
-    def dtype(self, name: str, kind: str) -> np.dtype:
-        if name not in (self.inputs if kind == "input" else self.outputs):
-            raise StagevarError(f"The '{self.name}' engine has no '{name}' {kind}; build the engines again "
-                                f"with this stagevar version.")
-        try:
-            return np.dtype(self.trt.nptype(self.trt_dtypes[name]))
-        except TypeError:
-            raise StagevarError(f"The '{self.name}' engine declares {name} as {self.trt_dtypes[name]}, which has "
-                                f"no numpy type; export with fp32 or fp16 inputs and outputs.") from None
 
 
 class TrtBackend:
@@ -136,7 +62,7 @@ class TrtBackend:
 
     def __init__(self, manifest: Manifest, device: str = "cuda", graphs: tuple[str, ...] = gio.GRAPHS,
                  plugins: str | None = None, cuda_graphs: bool = True):
-        trt, cudart = _import_trt()
+        trt, cudart = import_tensorrt()
         index = _device_index(device)
         try:
             self.cuda = Cuda(cudart, index)
@@ -146,6 +72,8 @@ class TrtBackend:
                                 f"driver and GPU, or use backend='ort'.") from None
         self.trt, self.device, self.manifest = trt, device, manifest
         self.compute_capability = f"{major}.{minor}"
+        # Looked up per construction (not bound at import), so tests can stand in a module that
+        # replays records they edit in memory.
         engine_cache = importlib.import_module(".engine_cache", __package__)
         self.build = engine_cache.select_engine_build(manifest, trt.__version__, self.compute_capability,
                                                       graphs=tuple(graphs))
@@ -156,7 +84,7 @@ class TrtBackend:
                                 f"export again with this stagevar version.") from None
         self.logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self.logger, "")
-        _load_plugins(trt, manifest, self.build, plugins)
+        load_plugins(trt, manifest, self.build, plugins)
         self.runtime = trt.Runtime(self.logger)
         # Arrays come from `pool`; persistent staging/scratch buffers from `fixed_pool`, so that
         # their lazy creation in the first request does not shift the arrays' addresses later.
@@ -184,7 +112,7 @@ class TrtBackend:
                 "compute_capability": self.compute_capability, "tensorrt": self.trt.__version__,
                 "engines": self.build.get("dir"), "cuda_graphs": self.capture.enabled}
 
-    def _load(self, name: str) -> _Engine:
+    def _load(self, name: str) -> EngineInfo:
         entry = self.build.get("graphs", {}).get(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("plan"), str):
             raise StagevarError(f"The TensorRT engines in {self.manifest.root / self.build.get('dir', 'engines')} "
@@ -201,19 +129,19 @@ class TrtBackend:
         if engine is None:
             raise StagevarError(f"TensorRT could not load engine {path} (see its error above; a plugin library "
                                 f"may be missing); build the engines again on this machine.")
-        eng = _Engine(self.trt, name, engine)
+        eng = EngineInfo(self.trt, name, engine)
         inputs, outputs = gio.contract(name, self._chunks)
         if set(eng.inputs) != set(inputs) or not set(outputs) <= set(eng.outputs):
             raise StagevarError(f"Engine {path} does not have the inputs and outputs this runtime binds (it has "
                                 f"{', '.join(eng.inputs)} -> {', '.join(eng.outputs)}); export and build again.")
         return eng
 
-    def _engine(self, graph: str) -> _Engine:
+    def _engine(self, graph: str) -> EngineInfo:
         if graph not in self.engines:
             raise StagevarError(f"This trt backend has no '{graph}' engine loaded; create it with that graph.")
         return self.engines[graph]
 
-    def _context(self, eng: _Engine, profile: int) -> _Context:
+    def _context(self, eng: EngineInfo, profile: int) -> ProfileContext:
         if profile not in eng.contexts:
             strategy = getattr(self.trt, "ExecutionContextAllocationStrategy", None)
             ctx = (eng.engine.create_execution_context(strategy.USER_MANAGED) if strategy is not None
@@ -228,7 +156,7 @@ class TrtBackend:
             if not ctx.set_optimization_profile_async(profile, self.cuda.stream_handle):
                 raise RuntimeError(f"TensorRT refused profile {profile} of the '{eng.name}' engine")
             self.cuda.sync()
-            eng.contexts[profile] = _Context(ctx, (eng.name, profile))
+            eng.contexts[profile] = ProfileContext(ctx, (eng.name, profile))
         return eng.contexts[profile]
 
     def close(self) -> None:
@@ -354,7 +282,7 @@ class TrtBackend:
         self.session_seconds += time.perf_counter() - start
         return results
 
-    def _bind_input(self, eng: _Engine, name: str, value, keep: list) -> tuple[int, tuple[int, ...]]:
+    def _bind_input(self, eng: EngineInfo, name: str, value, keep: list) -> tuple[int, tuple[int, ...]]:
         dtype = eng.dtype(name, "input")
         if isinstance(value, CudaArray) and value.device != "cpu":
             if value.dtype != dtype:
@@ -377,7 +305,7 @@ class TrtBackend:
         self.cuda.upload(staging.ptr, host)
         return staging.ptr, tuple(host.shape)
 
-    def _prepare(self, eng: _Engine, shapes: dict[str, tuple[int, ...]]) -> _Context:
+    def _prepare(self, eng: EngineInfo, shapes: dict[str, tuple[int, ...]]) -> ProfileContext:
         """The context of the profile that takes `shapes`, with those input shapes set."""
         ctx = self._context(eng, select_profile(eng.name, eng.profiles, shapes))
         changed = False
@@ -395,7 +323,7 @@ class TrtBackend:
             self.capture.forget_context(ctx.key)
         return ctx
 
-    def _execute(self, eng: _Engine, ctx: _Context, bindings: dict[str, int]) -> None:
+    def _execute(self, eng: EngineInfo, ctx: ProfileContext, bindings: dict[str, int]) -> None:
         for name, ptr in bindings.items():
             if ctx.addresses.get(name) != ptr:
                 if not ctx.ctx.set_tensor_address(name, ptr):
@@ -411,7 +339,7 @@ class TrtBackend:
                 raise RuntimeError(f"TensorRT failed to run the '{eng.name}' engine (see its error above)")
             self.capture.ran_plain(key)
 
-    def _capture(self, eng: _Engine, ctx: _Context, key) -> bool:
+    def _capture(self, eng: EngineInfo, ctx: ProfileContext, key) -> bool:
         """Capture one run of the context into a CUDA graph and launch it; False if capture failed
         (the engine is then never captured again and the caller runs it plainly)."""
         try:
@@ -452,21 +380,3 @@ class TrtBackend:
         cache = TrtKVCache(self, capacity, (depth, 2, rows, heads, head_dim), np.dtype(dtype))
         self.last_kv_cache = cache
         return cache
-
-
-def _load_plugins(trt, manifest: Manifest, build: dict, plugins: str | None) -> None:
-    """Register the plugin library the engines were built with, after checking its sha256."""
-    entry = build.get("plugins")
-    if not entry:
-        return
-    path = Path(plugins) if plugins else manifest.root / build.get("dir", "") / entry["file"]
-    if not path.is_file():
-        raise StagevarError(f"The TensorRT engines need the plugin library {entry['file']}, which is not at {path}; "
-                            f"pass its path with plugins= (--plugins), or build the engines again.")
-    if sha256_file(path) != entry.get("sha256"):
-        raise StagevarError(f"Plugin library {path} is not the one the TensorRT engines were built with (its sha256 "
-                            f"differs); pass that library, or build the engines again.")
-    key = str(path.resolve())
-    if key not in _LOADED_PLUGINS:
-        # None when its creators are registered already (loaded earlier in this process).
-        _LOADED_PLUGINS[key] = trt.get_plugin_registry().load_library(key)

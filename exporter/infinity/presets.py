@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stagevar.runtime.errors import StagevarError
 
@@ -78,6 +78,18 @@ def infinity_mid() -> InfinityPreset:
     scale's time on a CPU, small enough to export and run on a laptop. Tiny VAE and T5.
     """
     return _small_random_preset("infinity-mid", embed_dim=512, num_heads=8)
+
+
+def infinity_tiny_patchify() -> InfinityPreset:
+    """infinity-tiny with Infinity-8B's token layout: 56 bits = 14 code channels x 2x2 pixel
+    unshuffle, and a VAE over 14 channels. For tests of the patchified path."""
+    tiny = infinity_tiny()
+    return replace(
+        tiny,
+        name="infinity-tiny-patchify",
+        transformer=replace(tiny.transformer, code_dim=14, patchify=True),
+        vae=VAEDecoderConfig(code_dim=14, base_channels=32, channel_mult=(1, 2), num_res_blocks=1),
+    )
 
 
 def _small_random_preset(name: str, embed_dim: int, num_heads: int) -> InfinityPreset:

@@ -160,18 +160,9 @@ def test_lowrank_ranks_follow_the_rank_table():
 
 def test_the_8b_style_patchified_variant_generates_end_to_end():
     """56 bits per token = 14 code channels x 2x2 pixel-unshuffle, as Infinity-8B."""
-    from dataclasses import replace
+    from stagevar.exporter.infinity.presets import infinity_tiny_patchify
 
-    from stagevar.exporter.infinity.vae_decoder import VAEDecoderConfig
-
-    tiny = infinity_tiny()
-    preset = replace(
-        tiny,
-        name="infinity-tiny-patchify",
-        transformer=replace(tiny.transformer, code_dim=14, patchify=True),
-        vae=VAEDecoderConfig(code_dim=14, base_channels=32, channel_mult=(1, 2), num_res_blocks=1),
-    )
-    sampler = ReferenceSampler(InfinityBundle.random(preset, seed=0))
+    sampler = ReferenceSampler(InfinityBundle.random(infinity_tiny_patchify(), seed=0))
     result = sampler.generate("a cat", plan="stagevar", resolution="0.06M", seed=0, keep_intermediates=True)
     # Codes accumulate on twice the transformer grid (16x16 -> 32x32), decoded x2 -> 64x64 pixels.
     assert result.codes.shape == (1, 14, 32, 32)

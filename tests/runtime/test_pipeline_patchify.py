@@ -1,7 +1,5 @@
 """The 8B-style variant (56 bits per token = 14 code channels x 2x2 unshuffle) through export + runtime."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -10,17 +8,9 @@ import pytest
 def patchify_export(tmp_path_factory):
     from stagevar.exporter.infinity.export_artifacts import export_artifacts
     from stagevar.exporter.infinity.model_bundle import InfinityBundle
-    from stagevar.exporter.infinity.presets import infinity_tiny
-    from stagevar.exporter.infinity.vae_decoder import VAEDecoderConfig
+    from stagevar.exporter.infinity.presets import infinity_tiny_patchify
 
-    tiny = infinity_tiny()
-    preset = replace(
-        tiny,
-        name="infinity-tiny-patchify",
-        transformer=replace(tiny.transformer, code_dim=14, patchify=True),
-        vae=VAEDecoderConfig(code_dim=14, base_channels=32, channel_mult=(1, 2), num_res_blocks=1),
-    )
-    bundle = InfinityBundle.random(preset, seed=0)
+    bundle = InfinityBundle.random(infinity_tiny_patchify(), seed=0)
     return bundle, export_artifacts(bundle, tmp_path_factory.mktemp("patchify") / "art")
 
 

@@ -1,0 +1,108 @@
+"""TensorRT engines as the `trt` backend sees them: the import check, one deserialized engine's
+I/O tensors and profiles, the execution context of one profile, and plugin libraries.
+
+TensorRT and cuda-python are imported by `import_tensorrt`, never at module import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .cuda_memory import load_cudart
+from .errors import StagevarError
+from .manifest import Manifest, sha256_file
+
+_LOADED_PLUGINS: dict[str, object] = {}  # resolved path -> TensorRT library handle (per process)
+
+
+def import_tensorrt():
+    """(tensorrt, cudart) or StagevarError saying what is missing."""
+    reason = None
+    try:
+        import tensorrt as trt
+
+        version = str(getattr(trt, "__version__", "0"))
+        if not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 10:
+            reason = f"found TensorRT {version}"
+    except Exception as exc:  # not installed, or the PyPI placeholder package, or missing libraries
+        trt, reason = None, ("tensorrt is not installed" if isinstance(exc, ModuleNotFoundError)
+                             else f"tensorrt failed to import: {type(exc).__name__}")
+    if reason is None:
+        try:
+            cudart = load_cudart()
+        except Exception:
+            reason = "cuda-python is not installed"
+    if reason is not None:
+        raise StagevarError(f"Backend 'trt' needs TensorRT 10+ and cuda-python on a machine with an NVIDIA GPU "
+                            f"({reason}); install stagevar[trt] on such a machine, or use backend='ort'.")
+    return trt, cudart
+
+
+class ProfileContext:
+    """An execution context bound to one profile, with the shapes and addresses last set on it."""
+
+    def __init__(self, ctx, key: tuple[str, int]):
+        self.ctx, self.key = ctx, key
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+
+
+class EngineInfo:
+    """One graph's engine: its I/O tensors, their dtypes, its profiles and contexts."""
+
+    def __init__(self, trt, name: str, engine):
+        self.trt, self.name, self.engine = trt, name, engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        mode = engine.get_tensor_mode
+        self.inputs = [n for n in names if mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if mode(n) == trt.TensorIOMode.OUTPUT]
+        # Shape-inference inputs (shape tensors) live in host memory; none are expected.
+        self.host_inputs = {n for n in self.inputs if engine.is_shape_inference_io(n)}
+        self.trt_dtypes = {n: engine.get_tensor_dtype(n) for n in names}
+        shapes = {n: tuple(int(d) for d in engine.get_tensor_shape(n)) for n in self.inputs}
+        # Inputs without dynamic axes (scalars, fixed tables) take no set_input_shape.
+        self.static = {n: s for n, s in shapes.items() if min((*s, 0)) >= 0}
+        self.profiles = [self._profile(i) for i in range(engine.num_optimization_profiles)]
+        self.contexts: dict[int, ProfileContext] = {}
+
+    def _profile(self, index: int) -> dict:
+        profile = {}
+        for name in self.inputs:
+            try:
+                lo, opt, hi = (tuple(int(d) for d in dims) for dims in
+                               self.engine.get_tensor_profile_shape(name, index))
+            except Exception:  # an input the profile does not describe: static, or a shape tensor
+                lo = opt = hi = tuple(int(d) for d in self.engine.get_tensor_shape(name))
+            if len(lo) == len(opt) == len(hi) and min((*lo, 0)) >= 0:
+                profile[name] = (lo, opt, hi)
+        return profile
+
+    def dtype(self, name: str, kind: str) -> np.dtype:
+        if name not in (self.inputs if kind == "input" else self.outputs):
+            raise StagevarError(f"The '{self.name}' engine has no '{name}' {kind}; build the engines again "
+                                f"with this stagevar version.")
+        try:
+            return np.dtype(self.trt.nptype(self.trt_dtypes[name]))
+        except TypeError:
+            raise StagevarError(f"The '{self.name}' engine declares {name} as {self.trt_dtypes[name]}, which has "
+                                f"no numpy type; export with fp32 or fp16 inputs and outputs.") from None
+
+
+def load_plugins(trt, manifest: Manifest, build: dict, plugins: str | None) -> None:
+    """Register the plugin library the engines were built with, after checking its sha256."""
+    entry = build.get("plugins")
+    if not entry:
+        return
+    path = Path(plugins) if plugins else manifest.root / build.get("dir", "") / entry["file"]
+    if not path.is_file():
+        raise StagevarError(f"The TensorRT engines need the plugin library {entry['file']}, which is not at {path}; "
+                            f"pass its path with plugins= (--plugins), or build the engines again.")
+    if sha256_file(path) != entry.get("sha256"):
+        raise StagevarError(f"Plugin library {path} is not the one the TensorRT engines were built with (its sha256 "
+                            f"differs); pass that library, or build the engines again.")
+    key = str(path.resolve())
+    if key not in _LOADED_PLUGINS:
+        # None when its creators are registered already (loaded earlier in this process).
+        _LOADED_PLUGINS[key] = trt.get_plugin_registry().load_library(key)
