@@ -23,7 +23,8 @@ from .trt.cli_build import add_engine_arguments
 
 _BUILD_EPILOG = ("TensorRT: `stagevar-export build DIR [--plugins PATH] [--opt-level 0-5] [--workspace-gib N] "
                  "[--timing-cache PATH] [--check] [--force]` builds engines for an existing export "
-                 "(see `stagevar-export build --help`).")
+                 "(see `stagevar-export build --help`). Rank table: `stagevar-export calibrate DIR [--prompts FILE] "
+                 "[--num-prompts N] [--alpha 0.96[,0.98]] [--seed S]` (see `stagevar-export calibrate --help`).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from .trt.cli_build import main as build_main
 
         return build_main(argv[1:])
+    if argv and argv[0] == "calibrate":
+        from .cli_calibrate import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
     from .infinity.presets import get_preset
 
