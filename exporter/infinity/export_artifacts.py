@@ -113,6 +113,7 @@ def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, pr
         "family": "infinity",
         "model": {
             "preset": preset.name,
+            "architecture_source": preset.source,
             "config": asdict(cfg),
             "config_hash": cfg.config_hash(),
             "head_dim": cfg.head_dim,
