@@ -1,7 +1,10 @@
-"""Test helper: write a model's three checkpoints in the official layouts, with the official quirks.
+"""Write a model's three checkpoints in the official Infinity layouts, official quirks included.
 
-`custom_preset()` is an architecture that is no named preset (depth 4 in 2 chunks, width 128,
-2 heads, 256 text channels, a 16-token null prompt, a VAE of base width 32).
+Transformer `.pth` (optionally with the legacy buffers the released files carry and without the
+zero_k_bias buffers), VAE `{"vae": state_dict}` `.pth`, and a T5 folder. Used by the tests and
+to try `--model auto` end to end. `custom_preset()` is an architecture that is no named preset
+(depth 4 in 2 chunks, width 128, 2 heads, 256 text channels, a 16-token null prompt, a VAE of
+base width 32), the README's bring-your-own-checkpoint example.
 """
 
 from __future__ import annotations
@@ -10,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from stagevar.exporter.infinity.checkpoint import LEGACY_BUFFERS
-from stagevar.exporter.infinity.config import InfinityConfig
-from stagevar.exporter.infinity.presets import InfinityPreset
-from stagevar.exporter.infinity.random_init import random_transformer
-from stagevar.exporter.infinity.text_encoder import TextEncoderConfig, build_random_text_encoder, write_text_encoder
-from stagevar.exporter.infinity.tokenizer import build_tiny_tokenizer
-from stagevar.exporter.infinity.vae_checkpoint import write_vae_checkpoint
-from stagevar.exporter.infinity.vae_decoder import BSQVAEDecoder, VAEDecoderConfig
+from .checkpoint import LEGACY_BUFFERS
+from .config import InfinityConfig
+from .presets import InfinityPreset
+from .random_init import random_transformer
+from .text_encoder import TextEncoderConfig, build_random_text_encoder, write_text_encoder
+from .tokenizer import build_tiny_tokenizer
+from .vae_checkpoint import write_vae_checkpoint
+from .vae_decoder import BSQVAEDecoder, VAEDecoderConfig
 
 
 def custom_preset() -> InfinityPreset:
@@ -33,7 +36,7 @@ def custom_preset() -> InfinityPreset:
 
 
 def legacy_buffers(config: InfinityConfig) -> dict[str, torch.Tensor]:
-    """Stand-ins for the runtime buffers released files carry (content is irrelevant: dropped)."""
+    """Stand-ins for the runtime buffers released files carry (their content is never used)."""
     return {name: torch.zeros(1, 7) for name in LEGACY_BUFFERS}
 
 
