@@ -145,7 +145,7 @@ class RankTable:
             p = self.provenance
             return (f"calibrated {p.get('date', '?')} ({p.get('num_prompts', '?')} prompts, "
                     f"sha256 {str(p.get('prompts_sha256', '?'))[:12]})")
-        return "none"
+        return self.source
 
 
 def released_table() -> RankTable:

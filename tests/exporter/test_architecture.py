@@ -85,3 +85,11 @@ def test_bad_config_files_are_refused(custom, tmp_path, content, match):
     cfg.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(StagevarError, match=match):
         infer_preset(custom["weights"], custom["vae"], custom["text_encoder"], cfg, say=lambda m: None)
+
+
+@pytest.mark.parametrize("depth, chunks", [(8, 8), (6, 3), (6, 2)])
+def test_depth_and_chunks_are_told_apart(depth, chunks):
+    # Guards swapping blocks-per-chunk and chunks (the custom model has 2 x 2, which hides it).
+    cfg = replace(infinity_tiny().transformer, depth=depth, block_chunks=chunks)
+    fields = infer_transformer_fields(shapes_of(random_transformer(cfg, 0).state_dict()))
+    assert (fields["depth"], fields["block_chunks"]) == (depth, chunks)
