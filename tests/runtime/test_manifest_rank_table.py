@@ -106,3 +106,17 @@ def test_no_table_refuses_lowrank_plans_in_one_sentence(tmp_path):
 def test_released_table_does_not_fit_other_chunk_counts():
     with pytest.raises(StagevarError, match="needs 2 ratios per scale"):
         make_plan("stagevar", SQ, num_chunks=2)
+
+
+def test_bench_reports_which_table_each_plan_used(tmp_path):
+    # Guards item 5: bench plans resolved without the export's table (released ranks reported
+    # for a calibrated export) and the table line missing from the printed report.
+    from stagevar.runtime.bench import format_table, resolve_plans
+
+    obj = table_json()
+    table = load_rank_table(export_with(tmp_path / "e", calibrated_entry(obj), obj), num_chunks=2)
+    plans = resolve_plans(["exact", "stagevar"], SQ, 2, "0.96", table)
+    assert [p.rank_table for p in plans] == [None, table.describe()]
+    entry = {"cold": {"total": 1.0}, "p50": {"total": 1.0}, "p90": {"total": 1.0}, "tokens": 1}
+    report = {"plans": {"exact": {**entry, "rank_table": None}, "stagevar": {**entry, "rank_table": plans[1].rank_table}}}
+    assert "rank table: stagevar: calibrated 2026-12-03T10:00:00Z" in format_table(report)
