@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="device (default: cpu for ort, cuda for trt)")
     p.add_argument("--plugins", default=None, help="trt: TensorRT plugin library (default: the one the engine build recorded)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="trt: run engines without CUDA graph replay")
-    p.add_argument("--verify", default="quick", choices=("quick", "full"), help="artifact check: sizes (quick) or sha256 (full)")
+    p.add_argument("--verify", default="record", choices=("record", "full", "quick"),
+                   help="artifact check: sha256 of every file, weights trusted while unchanged since this machine "
+                        "hashed them (record, default); sha256 always (full); sizes only (quick)")
     return p
 
 

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     extra = {"plugins": args.plugins} if args.backend == "trt" else {}
-    pipe = Pipeline.from_dir(artifacts, backend=args.backend, device=args.device, verify="quick", **extra)
+    pipe = Pipeline.from_dir(artifacts, backend=args.backend, device=args.device, verify="record", **extra)
     load_seconds = time.perf_counter() - t0
     settings = dict(plans=plans, prompt=args.prompt, seed=args.seed, aspect=args.aspect, runs=args.runs,
                     warmup=args.warmup, progress=say)
