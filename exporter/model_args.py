@@ -9,7 +9,10 @@ from stagevar.runtime.errors import StagevarError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="infinity-tiny", help="infinity-tiny (default), infinity2b or infinity8b")
+    from .infinity.presets import PRESETS
+
+    p.add_argument("--model", default="infinity-tiny",
+                   help=f"model preset, one of: {', '.join(PRESETS)} (default infinity-tiny)")
     p.add_argument("--weights", help="transformer checkpoint: 2B .pth, 8B sharded folder, or .safetensors")
     p.add_argument("--vae", help="VAE checkpoint .pth (with or without the .conv/.norm level)")
     p.add_argument("--text-encoder", help="local flan-t5-xl folder (config, weights, tokenizer)")

@@ -14,7 +14,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.stage_plan import DEFAULT_PLAN, PLAN_PRESETS
 
@@ -23,6 +23,7 @@ from .request import RequestDefaults
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-serve", description=__doc__.splitlines()[0])
+    add_version(p)
     sub = p.add_subparsers(dest="engine", required=True, metavar="{triton,ray}")
 
     t = sub.add_parser("triton", help="write a Triton model repository (Python backend) for an export")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from stagevar.runtime.bench import DEFAULT_PROMPT, benchmark_pipeline, format_table
-from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.stage_plan import PLAN_PRESETS
 
@@ -29,6 +29,7 @@ DEFAULT_RUNS = 3
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-bench", description=__doc__.splitlines()[0])
+    add_version(p)
     p.add_argument("artifacts", help="export directory (the one holding manifest.json)")
     p.add_argument("--plans", default="exact,stagevar", help=f"comma-separated stage plans among {', '.join(PLAN_PRESETS)} (default exact,stagevar)")
     p.add_argument("--backend", default="ort", choices=("ort", "trt"), help="execution backend (default ort)")
