@@ -86,9 +86,48 @@ def _read_torch(path: Path) -> object:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as exc:  # torch raises many types (pickle, zip, runtime) for bad files
             last_exc = exc
-    raise StagevarError(f"Checkpoint file {path} could not be read as a torch state dict "
-                        f"({_first_line(last_exc)}); check that it is an uncorrupted "
-                        f"weights-only .pth/.bin file.") from last_exc
+    raise StagevarError(_torch_refusal(path, last_exc)) from None
+
+
+# A torch checkpoint is a zip archive (torch >= 1.6) or a legacy pickle stream (protocol 2+).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+
+
+def _torch_refusal(path: Path, exc: Exception | None) -> str:
+    """Our one sentence for a torch file that does not load with weights_only=True.
+
+    torch's own text is not forwarded: it carries terminal colour codes and advises loading with
+    weights_only=False, which would run whatever code the file's pickle holds.
+    """
+    import pickle
+    import re
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"Checkpoint file {path} cannot be read ({err.strerror}); check its permissions."
+    text = str(exc or "")
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (such as {found.group(1)})" if found else ""
+        return (f"Checkpoint file {path} is not a safe checkpoint: besides tensors it holds pickled Python "
+                f"objects{what} that stagevar does not load, since unpickling them can run arbitrary code; "
+                f"re-save only the state dict (torch.save(model.state_dict(), ...)) or convert it to .safetensors.")
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return (f"Checkpoint file {path} is truncated (its zip archive has no central directory: an "
+                    f"interrupted download or copy); download or copy it again.")
+        return (f"Checkpoint file {path} is a zip archive but not a readable torch checkpoint (corrupted, or "
+                f"another kind of archive); download it again.")
+    if head.startswith(_PICKLE_MAGIC):
+        if "EOF" in text or isinstance(exc, EOFError):
+            return f"Checkpoint file {path} is truncated (it ends early); download or copy it again."
+        return f"Checkpoint file {path} is a corrupted legacy torch checkpoint; download it again."
+    return (f"Checkpoint file {path} is not a torch checkpoint (it is neither a torch zip archive nor a "
+            f"pickle); pass the .pth/.bin weights file itself.")
 
 
 def _unwrap(obj: object, path: Path, wrapper_key) -> StateDict:

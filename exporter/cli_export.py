@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.schedules import RESOLUTIONS
 
@@ -29,6 +29,7 @@ _BUILD_EPILOG = ("TensorRT: `stagevar-export build DIR [--plugins PATH] [--opt-l
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-export", description=__doc__.splitlines()[0], epilog=_BUILD_EPILOG)
+    add_version(p)
     add_model_arguments(p)
     p.add_argument("--aspect", default="1:1", help="comma-separated width:height list, e.g. 1:1,16:9 (default 1:1)")
     p.add_argument("--resolution", default="1M", help=f"one of {', '.join(RESOLUTIONS)} (default 1M)")

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.stage_plan import DEFAULT_ALPHA, PLAN_PRESETS
 
@@ -20,6 +20,7 @@ from .model_args import add_model_arguments, load_bundle, resolve_preset
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-reference", description=__doc__.splitlines()[0])
+    add_version(p)
     p.add_argument("prompts", nargs="+", help="one or more prompts")
     add_model_arguments(p)
     p.add_argument("--plan", default="stagevar", choices=PLAN_PRESETS, help="stage plan preset (default: stagevar)")

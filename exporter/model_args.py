@@ -9,9 +9,11 @@ from stagevar.runtime.errors import StagevarError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    from .infinity.presets import PRESETS
+
     p.add_argument("--model", default=None,
-                   help="infinity-tiny (default without --weights), infinity-mid, infinity2b, infinity8b, or auto "
-                        "(default with --weights: the architecture is read from the checkpoints)")
+                   help=f"model preset, one of: {', '.join(PRESETS)}; or auto (the architecture is read from the "
+                        "checkpoints). Default: infinity-tiny without --weights, auto with --weights")
     p.add_argument("--config", default=None,
                    help="JSON file overriding or completing the architecture (sections transformer, vae, "
                         "text_encoder; name, default_cfg, default_tau)")

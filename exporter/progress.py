@@ -48,19 +48,28 @@ class PhaseProgress:
             self.stream.write(f"{self.index}/{self.total} {name} ...\n")
             self.stream.flush()
 
-    def _end_current(self) -> None:
+    def _end_current(self, outcome: str = "done") -> None:
         if self.current is None:
             return
         took = time.perf_counter() - self.started
-        self.durations[self.current] = self.durations.get(self.current, 0.0) + took
+        if outcome == "done":
+            self.durations[self.current] = self.durations.get(self.current, 0.0) + took
         if self.live and self._thread is not None:
             self._stop.set()
             self._thread.join()
-            self.stream.write("\r" + self._line() + "\n")
+            tail = "" if outcome == "done" else f" {outcome}"
+            self.stream.write("\r" + self._line() + tail + "\n")
         else:
-            self.stream.write(f"{self.index}/{self.total} {self.current} done in {took:.1f}s\n")
+            self.stream.write(f"{self.index}/{self.total} {self.current} {outcome} after {took:.1f}s\n"
+                              if outcome != "done" else f"{self.index}/{self.total} {self.current} done in {took:.1f}s\n")
         self.stream.flush()
         self.current = None
 
     def close(self) -> None:
-        self._end_current()
+        """End the current phase: "done", or, when called while an exception propagates (a
+        `finally` block), "interrupted" (Ctrl-C) or "failed", never "done"."""
+        exc = sys.exc_info()[0]
+        if exc is None:
+            self._end_current()
+        else:
+            self._end_current("interrupted" if issubclass(exc, KeyboardInterrupt) else "failed")

@@ -6,3 +6,11 @@ class StagevarError(Exception):
 
     Command-line entry points print its message alone (no traceback) and exit non-zero.
     """
+
+
+class StagevarWarning(UserWarning):
+    """Something the user should know that did not stop the work (e.g. a truncated prompt).
+
+    Command-line entry points print its message as one `warning: ...` line, without the source
+    location Python's default warning format adds.
+    """

@@ -22,7 +22,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # Artifacts can be many GB: hash them in bounded chunks instead of reading them whole.
 _CHUNK_BYTES = 1 << 20
-_VERIFY_MODES = ("full", "quick")
+_VERIFY_MODES = ("record", "full", "quick")
 # Check and bench reports are results about an export, rewritten whenever they run: listing
 # them would make every later report break verification.
 REPORTS_DIR = "reports"
@@ -179,7 +179,9 @@ def load_manifest(root: str | os.PathLike, verify: bool | str = "full") -> Manif
     """Read and check the manifest of the export directory ``root``.
 
     ``verify``: ``"full"`` (or ``True``) checks the size and sha256 of every listed file,
-    ``"quick"`` checks sizes only (cheap for multi-GB artifacts at every start), ``False``
+    ``"record"`` does too but trusts a weights file this machine already hashed and that has not
+    changed since (size, mtime, ctime, inode: see verification_record.py; what the runtime uses
+    by default), ``"quick"`` checks sizes only (misses a same-size corruption), ``False``
     checks nothing beyond the manifest itself. Raises ``StagevarError`` for a missing folder,
     a folder that is not an export, unreadable JSON, an unknown schema or mismatching files.
     """
@@ -200,7 +202,11 @@ def load_manifest(root: str | os.PathLike, verify: bool | str = "full") -> Manif
     _check_schema(data, root)
     _check_file_list(data, root)
     manifest = Manifest(root=root, data=data)
-    if mode is not None:
+    if mode == "record":
+        from .verification_record import verify_with_record  # it uses sha256_file from here
+
+        verify_with_record(manifest)
+    elif mode is not None:
         verify_files(manifest, quick=(mode == "quick"))
     return manifest
 
@@ -233,7 +239,7 @@ def _verify_mode(verify: bool | str) -> str | None:
         return None
     if verify in _VERIFY_MODES:
         return verify
-    raise ValueError(f"verify must be True, False, 'full' or 'quick', not {verify!r}")
+    raise ValueError(f"verify must be True, False, 'record', 'full' or 'quick', not {verify!r}")
 
 
 def _read_json(path: Path, root: Path) -> dict:

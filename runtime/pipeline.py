@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,18 +25,18 @@ from .codes import CodeAccumulator, tokens_bits_to_code_map
 from .errors import StagevarError
 from .manifest import Manifest, load_manifest
 from .manifest_rank_table import load_rank_table
+from .micro_batches import merge_outputs
+from .request import Request, check_request, micro_batch_size_for
 from .noise import ScaleNoise, draw_batch_noise
 from .ort_backend import DeviceArray, KVCache, OrtBackend
-from .prompts import normalize_prompts
 from .resize import area_matrix
 from .rope import rope_cos_sin
 from .sampling import sample_bits
-from .schedules import ScaleSchedule, get_schedule
-from .stage_plan import Mode, StagePlan, make_plan, validate
+from .schedules import ScaleSchedule
+from .stage_plan import Mode, StagePlan
 from .tokenize import encode_prompts, load_tokenizer_json
 
 BACKENDS = ("ort", "trt")
-OUTPUT_TYPES = ("pil", "np")
 _COND = gio.TEXT_COND_OUTPUTS  # sos, gss, head_ss, text_kv, text_bias
 _ROW_AXIS = {"sos": 0, "gss": 0, "head_ss": 0, "text_kv": 2, "text_bias": 0}
 
@@ -123,14 +123,17 @@ class Pipeline:
         # Checked now (digest, chunk count), so a bad table fails at load, not mid-request.
         self.rank_table = load_rank_table(manifest, self.spec.block_chunks)
         self._lock = threading.Lock()
+        # Bytes a request may use: "auto" measures what is free at each call, None means no limit.
+        self.memory_budget: int | None | str = "auto"
         self._rope: dict[tuple[float, str], tuple[np.ndarray, np.ndarray]] = {}
         self._area: dict[tuple[tuple[int, int], tuple[int, int]], dict[str, DeviceArray]] = {}
 
     @classmethod
-    def from_dir(cls, path, backend: str = "ort", device: str | None = None, verify: bool | str = "quick",
+    def from_dir(cls, path, backend: str = "ort", device: str | None = None, verify: bool | str = "record",
                  plugins: str | None = None, cuda_graphs: bool = True) -> "Pipeline":
-        """Load an export: check its manifest (`verify`: "full" hashes every file, "quick" sizes
-        only), then open its graphs on `backend`: "ort" (onnxruntime sessions on `device`, "cpu"
+        """Load an export: check its manifest (`verify`: "record", the default, checks every file
+        by sha256 but trusts weights this machine already hashed and that did not change since;
+        "full" hashes every file; "quick" sizes only), then open its graphs on `backend`: "ort" (onnxruntime sessions on `device`, "cpu"
         by default or "cuda") or "trt" (the TensorRT engines built for this GPU by
         `stagevar-export build`, on "cuda"; `plugins` overrides the plugin library path the build
         recorded; `cuda_graphs` replays each scale as a captured CUDA graph)."""
@@ -171,47 +174,65 @@ class Pipeline:
         output_type: str = "pil",
         noise: list[ScaleNoise | None] | None = None,
         return_intermediates: bool = False,
+        max_batch: int | None = None,
+        progress: Callable[[int, int, int, int], None] | None = None,
     ) -> PipelineOutput:
         """Generate one image per prompt and per `num_images_per_prompt` (prompt-major order).
 
-        Image i uses seed `seed + i` (or `seed[i]` for a list). `cfg`, `tau`, `resolution` and
-        `alpha` default to the export's values. `noise` replays given per-scale noise instead.
+        Image i uses seed `seed + i` (or `seed[i]` for a list). `cfg` is the classifier-free
+        guidance scale (logits = cfg * cond + (1 - cfg) * uncond; 1 means no guidance, the
+        model's default is 3); `cfg`, `tau`, `resolution` and `alpha` default to the export's
+        values. `noise` replays given per-scale noise instead. A request larger than memory allows
+        (request_memory.py) runs in micro-batches of at most `max_batch` images with the same
+        images; one image that cannot fit is refused before any work. `progress(batch, batches,
+        scale, scales)` is called after every scale.
         """
-        with self._lock:
-            return self._call(prompt, seed, plan, cfg, tau, aspect, resolution, alpha,
-                              num_images_per_prompt, output_type, noise, return_intermediates)
+        parts = list(self.batches(prompt, seed=seed, plan=plan, cfg=cfg, tau=tau, aspect=aspect,
+                                  resolution=resolution, alpha=alpha, num_images_per_prompt=num_images_per_prompt,
+                                  output_type=output_type, noise=noise, return_intermediates=return_intermediates,
+                                  max_batch=max_batch, progress=progress))
+        return merge_outputs(parts, output_type)
 
-    def _call(self, prompt, seed, plan, cfg, tau, aspect, resolution, alpha, per_prompt,
-              output_type, noise, keep) -> PipelineOutput:
+    def batches(self, prompt, *, seed=0, plan="stagevar", cfg=None, tau=None, aspect="1:1", resolution=None,
+                alpha=None, num_images_per_prompt=1, output_type="pil", noise=None, return_intermediates=False,
+                max_batch=None, progress=None) -> Iterator[PipelineOutput]:
+        """`__call__` one micro-batch at a time: yields each batch's output (consecutive images) as soon
+        as it is done, so a caller that saves and drops them holds one micro-batch of images."""
+        request = self._request(prompt, seed, plan, cfg, tau, aspect, resolution, alpha, num_images_per_prompt,
+                                output_type, noise, return_intermediates)
+        n = len(request.prompts)
+        size = self._micro_batch_size(request, max_batch)
+        count = -(-n // size)
+        for b, first in enumerate(range(0, n, size)):
+            report = None if progress is None else (lambda k, total, b=b: progress(b, count, k, total))
+            with self._lock:
+                out = self._run(request, first, min(n, first + size), report)
+            yield out
+
+    def _request(self, prompt, seed, plan, cfg, tau, aspect, resolution, alpha, per_prompt, output_type, noise,
+                 keep) -> Request:
+        return check_request(self.manifest, self.spec, prompt, seed, plan, cfg, tau, aspect, resolution, alpha,
+                             per_prompt, output_type, noise, keep, rank_table=self.rank_table)
+
+    def _micro_batch_size(self, request: Request, max_batch: int | None) -> int:
+        return micro_batch_size_for(request, self, max_batch)
+
+    def _run(self, request: Request, first: int, last: int, progress) -> PipelineOutput:
+        """Generate images [first, last) of a checked request."""
         start = time.perf_counter()
         session_start = self.backend.session_seconds
-        if output_type not in OUTPUT_TYPES:
-            raise StagevarError(f"output_type {output_type!r} is not known; use 'pil' or 'np'.")
-        if isinstance(per_prompt, bool) or not isinstance(per_prompt, (int, np.integer)) or per_prompt < 1:
-            raise StagevarError(f"num_images_per_prompt must be a positive integer, not {per_prompt!r}.")
-        prompts = [p for p in normalize_prompts(prompt) for _ in range(int(per_prompt))]
+        spec, schedule, plan = self.spec, request.schedule, request.plan
+        prompts = request.prompts[first:last]
         n = len(prompts)
-        spec = self.spec
-        cfg = spec.default_cfg if cfg is None else float(cfg)
-        tau = spec.default_tau if tau is None else float(tau)
-        if not (np.isfinite(cfg) and np.isfinite(tau) and tau > 0):
-            raise StagevarError(f"cfg must be finite and tau positive, got cfg={cfg} and tau={tau}.")
-        resolution = self.manifest.data.get("resolution", "1M") if resolution is None else resolution
-        alpha = self.manifest.data.get("alpha", "0.96") if alpha is None else alpha
-        schedule = get_schedule(aspect, resolution)
-        plan = self._plan(plan, schedule, alpha)
-        seeds = None
+        cfg, tau, output_type, keep = request.cfg, request.tau, request.output_type, request.keep
+        seeds = None if request.seeds is None else request.seeds[first:last]
+        noise = request.noise
         if noise is None:
-            seeds = _seeds(seed, n)
             noise = draw_batch_noise(seeds, plan, schedule, spec.bits_per_token)
-        elif len(noise) != schedule.num_scales or any(
-                z is None for z, m in zip(noise, plan.modes) if m is not Mode.SKIP):
-            raise StagevarError(f"noise must hold one entry per scale ({schedule.num_scales}), None only for "
-                                f"skipped scales; draw it with stagevar.runtime.noise.draw_batch_noise.")
 
         timings: dict = {}
         cond = self._encode(prompts, timings)
-        codes, scales, traces = self._scales(schedule, plan, cond, n, cfg, tau, noise, keep)
+        codes, scales, traces = self._scales(schedule, plan, cond, n, cfg, tau, noise, keep, progress)
         timings["scales"] = scales
         t0 = time.perf_counter()
         (images,) = self.backend.run_plain(gio.VAE_DECODER, {"codes": codes})
@@ -226,12 +247,6 @@ class Pipeline:
         timings["overhead"] = timings["total"] - timings["session"]
         return PipelineOutput(images, timings, plan.name, seeds, traces if keep else None,
                               codes if keep else None, plan.rank_table)
-
-    def _plan(self, plan: str | StagePlan, schedule: ScaleSchedule, alpha) -> StagePlan:
-        if isinstance(plan, StagePlan):
-            validate(plan, schedule, self.spec.block_chunks)
-            return plan
-        return make_plan(plan, schedule, num_chunks=self.spec.block_chunks, alpha=alpha, table=self.rank_table)
 
     def _rope_tables(self, schedule: ScaleSchedule) -> tuple[np.ndarray, np.ndarray]:
         key = (schedule.h_div_w, schedule.resolution)
@@ -266,7 +281,7 @@ class Pipeline:
 
     # ---- scales -----------------------------------------------------------------------------
 
-    def _scales(self, schedule, plan, cond, n, cfg, tau, noise, keep):
+    def _scales(self, schedule, plan, cond, n, cfg, tau, noise, keep, progress=None):
         """Run every scale of the plan; return the summed code map, scale timings and traces."""
         spec, be = self.spec, self.backend
         cos_all, sin_all = self._rope_tables(schedule)
@@ -283,6 +298,8 @@ class Pipeline:
             if mode is Mode.SKIP:
                 traces.append(ScaleTrace(k, mode, hw))
                 timings.append({"scale": k, "hw": list(hw), "mode": mode.value, "seconds": 0.0})
+                if progress is not None:
+                    progress(k, len(plan.modes))
                 continue
             if mode is not Mode.CFG and rows == 2 * n:
                 # First non-CFG scale: keep the null rows for good (one compaction, as released).
@@ -313,6 +330,8 @@ class Pipeline:
                                      indices if keep else ()))
             timings.append({"scale": k, "hw": list(hw), "mode": mode.value,
                             "seconds": time.perf_counter() - t0})
+            if progress is not None:
+                progress(k, len(plan.modes))
         return acc.summed, timings, traces
 
     def _step(self, k, codes, cond, kv: KVCache, rope, guidance, tau):
@@ -363,18 +382,3 @@ class Pipeline:
                 for name, src, dst in (("area_h", cache_hw[0], hw[0]), ("area_w", cache_hw[1], hw[1]))
             }
         return self._area[key]
-
-
-def _seeds(seed, n: int) -> list[int]:
-    """Per-image seeds: seed + i for an int, the list itself (one per image) otherwise."""
-    if isinstance(seed, (bool, np.bool_)):
-        raise StagevarError(f"Seed {seed!r} is not valid; give a non-negative integer.")
-    if isinstance(seed, (int, np.integer)):
-        if seed < 0:
-            raise StagevarError(f"Seed {seed!r} is not valid; give a non-negative integer.")
-        return [int(seed) + i for i in range(n)]
-    if isinstance(seed, (str, bytes)) or not isinstance(seed, Sequence):
-        raise StagevarError(f"Seed {seed!r} is not valid; give a non-negative integer or one per image.")
-    if len(seed) != n:
-        raise StagevarError(f"{len(seed)} seeds were given for {n} images; give one seed per image or a single int.")
-    return list(seed)

@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import StagevarError
+from .errors import StagevarError, StagevarWarning
+from .prompts import check_encodable
 
 PAD_TOKEN = "<pad>"
 PAD_ID = 0
@@ -38,6 +39,7 @@ def encode_prompts(
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise StagevarError(f"Prompt {i} is a {type(p).__name__}, not a string; pass text.")
+        check_encodable(p, i)
     if max_length < 1:
         raise StagevarError(f"max_length must be at least 1, got {max_length}.")
     limit = max_length
@@ -59,8 +61,8 @@ def encode_prompts(
             keep = keep[: max_length - n_tail] + keep[len(keep) - n_tail:]
             truncated = True
         if truncated:
-            warnings.warn(f"Prompt {i} is longer than {limit} tokens and was truncated.",
-                          stacklevel=2)
+            warnings.warn(f"Prompt {i} is longer than {limit} tokens and was truncated (its end is cut "
+                          f"off; shorten it to keep all of it).", StagevarWarning, stacklevel=2)
         rows.append([t for t, _ in keep])
     lengths = np.array([len(r) for r in rows], dtype=np.int64)
     if lengths.min() == 0:

@@ -14,7 +14,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.stage_plan import DEFAULT_PLAN, PLAN_PRESETS
 
@@ -23,6 +23,7 @@ from .request import RequestDefaults
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-serve", description=__doc__.splitlines()[0])
+    add_version(p)
     sub = p.add_subparsers(dest="engine", required=True, metavar="{triton,ray}")
 
     t = sub.add_parser("triton", help="write a Triton model repository (Python backend) for an export")
@@ -58,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _pipeline_options(p: argparse.ArgumentParser, device_help: str) -> None:
     p.add_argument("--backend", default="ort", choices=("ort", "trt"), help="execution backend (default ort)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"), help=device_help)
-    p.add_argument("--verify", default="quick", choices=("quick", "full"),
-                   help="artifact check at load: sizes (quick) or sha256 (full)")
+    p.add_argument("--verify", default="record", choices=("record", "full", "quick"),
+                   help="artifact check at load: sha256 of every file, weights trusted while unchanged since "
+                        "this machine hashed them (record, default), sha256 always (full) or sizes only (quick)")
     g = p.add_argument_group("request defaults (a request may override plan, aspect, cfg and tau)")
     g.add_argument("--plan", default=DEFAULT_PLAN, help=f"{', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN})")
     g.add_argument("--aspect", default="1:1", help="width:height (default 1:1)")

@@ -46,7 +46,7 @@ class RayServeConfig:
     max_ongoing_requests: int = 8
     backend: str = "ort"
     device: str | None = None
-    verify: str = "quick"
+    verify: str = "record"
     defaults: RequestDefaults = field(default_factory=RequestDefaults)
 
     @property

@@ -72,7 +72,7 @@ class TritonPythonModel:
         ).check()
         # Pipeline.from_dir checks the manifest (schema, file list, sizes or sha256 by `verify`).
         self.pipeline = Pipeline.from_dir(root, backend=params.get("backend", "ort"), device=device,
-                                          verify=params.get("verify", "quick"))
+                                          verify=params.get("verify", "record"))
         if params.get("warmup", "true").lower() == "true":
             # The first request would otherwise pay session start-up and first-run costs.
             warm = generate_images(self.pipeline, [parse_request(WARMUP_PROMPT, 0, defaults=self.defaults)])[0]

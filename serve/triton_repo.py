@@ -43,7 +43,7 @@ class TritonRepoConfig:
     max_queue_delay_us: int = 20_000
     backend: str = "ort"
     device: str | None = None
-    verify: str = "quick"
+    verify: str = "record"
     warmup: bool = True
     server_artifacts: str | None = None
     defaults: RequestDefaults = field(default_factory=RequestDefaults)
@@ -72,8 +72,8 @@ class TritonRepoConfig:
             raise StagevarError(f"--device {self.pipeline_device!r} is not known; use cpu or cuda.")
         if self.kind == "cpu" and self.pipeline_device == "cuda":
             raise StagevarError("--device cuda needs --kind gpu, so that Triton places the instance on a GPU.")
-        if self.verify not in ("quick", "full"):
-            raise StagevarError(f"--verify {self.verify!r} is not known; use quick or full.")
+        if self.verify not in ("record", "full", "quick"):
+            raise StagevarError(f"--verify {self.verify!r} is not known; use record, full or quick.")
         self.defaults.check()
         return self
 

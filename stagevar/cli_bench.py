@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from stagevar.runtime.bench import DEFAULT_PROMPT, benchmark_pipeline, format_table
-from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.stage_plan import PLAN_PRESETS
 
@@ -29,6 +29,7 @@ DEFAULT_RUNS = 3
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-bench", description=__doc__.splitlines()[0])
+    add_version(p)
     p.add_argument("artifacts", help="export directory (the one holding manifest.json)")
     p.add_argument("--plans", default="exact,stagevar", help=f"comma-separated stage plans among {', '.join(PLAN_PRESETS)} (default exact,stagevar)")
     p.add_argument("--backend", default="ort", choices=("ort", "trt"), help="execution backend (default ort)")
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
     p.add_argument("--json", default=DEFAULT_JSON, help=f"report file (default ./{DEFAULT_JSON}; never inside the export)")
     p.add_argument("--no-torch", action="store_true", help="skip the eager torch baseline")
+    p.add_argument("--quiet", action="store_true", help="no progress (a per-scale line is shown on a terminal only)")
     return p
 
 
@@ -100,18 +102,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < 0:
         raise StagevarError("--warmup must be zero or more.")
 
-    def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     from stagevar.runtime.pipeline import Pipeline
+    from stagevar.runtime.progress_line import ProgressLine
+
+    line = ProgressLine(quiet=args.quiet)
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            line.clear()
+            print(message, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     extra = {"plugins": args.plugins} if args.backend == "trt" else {}
-    pipe = Pipeline.from_dir(artifacts, backend=args.backend, device=args.device, verify="quick", **extra)
+    pipe = Pipeline.from_dir(artifacts, backend=args.backend, device=args.device, verify="record", **extra)
     load_seconds = time.perf_counter() - t0
     settings = dict(plans=plans, prompt=args.prompt, seed=args.seed, aspect=args.aspect, runs=args.runs,
                     warmup=args.warmup, progress=say)
-    report = benchmark_pipeline(pipe, resolution=args.resolution, **settings)
+    try:
+        report = benchmark_pipeline(pipe, resolution=args.resolution, scale_progress=line.scale_callback("run: "),
+                                    **settings)
+    finally:
+        line.clear()
     report["load_seconds"] = load_seconds
     manifest = pipe.manifest
     # ONNX Runtime's arenas keep their peak allocation while the sessions live; free them so the

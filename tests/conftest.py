@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_verification_records(tmp_path_factory):
+    """Verification records (runtime/verification_record.py) go to a per-session folder, so the
+    tests neither read a developer's ~/.cache/stagevar nor leave records there."""
+    folder = tmp_path_factory.mktemp("stagevar-cache")
+    old = os.environ.get("STAGEVAR_CACHE_DIR")
+    os.environ["STAGEVAR_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("STAGEVAR_CACHE_DIR", None)
+    else:
+        os.environ["STAGEVAR_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stagevar.runtime.cli_common import run_cli
+from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
 
 GIB = 1 << 30
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-export build",
                                 description="Build TensorRT engines for an existing stagevar export, "
                                             "into DIR/engines/trt<version>-sm<cc>/, and record them in its manifest.")
+    add_version(p)
     p.add_argument("dir", metavar="DIR", help="an export folder (written by stagevar-export)")
     add_engine_arguments(p)
     p.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",

@@ -208,3 +208,37 @@ def test_sha256_file_and_tree(tmp_path):
     assert renamed != before
     (tmp_path / "sub" / "c.txt").write_bytes(b"World")
     assert sha256_tree(tmp_path) != renamed
+
+
+class _NotATensor:
+    """A pickled class: loading it needs weights_only=False, which runs the pickle's code."""
+
+
+def _refusal(path):
+    with pytest.raises(StagevarError) as err:
+        read_state_dict(path)
+    text = str(err.value)
+    # Guards against forwarding torch's raw text: colour codes, several lines, and the advice to
+    # load with weights_only=False (the unsafe path).
+    assert "\x1b" not in text and "\n" not in text and "weights_only" not in text
+    return text
+
+
+def test_file_that_is_not_a_checkpoint_is_named_so(tmp_path):
+    (tmp_path / "notes.pth").write_text("hello, these are my notes")
+    assert "is not a torch checkpoint" in _refusal(tmp_path / "notes.pth")
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_truncated_checkpoint_is_named_so(tmp_path, zipped):
+    full = tmp_path / "full.pth"
+    torch.save({"w": torch.zeros(4000)}, full, _use_new_zipfile_serialization=zipped)
+    data = full.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    assert "is truncated" in _refusal(tmp_path / "cut.pth")
+
+
+def test_checkpoint_with_pickled_objects_is_refused_as_unsafe(tmp_path):
+    torch.save({"w": torch.zeros(2), "extra": _NotATensor()}, tmp_path / "unsafe.pth")
+    text = _refusal(tmp_path / "unsafe.pth")
+    assert "not a safe checkpoint" in text and "_NotATensor" in text and "state_dict" in text

@@ -144,7 +144,16 @@ def test_torch_and_numpy_representative_indices_agree():
     x = torch.randn(2, 50, 8, generator=g)
     gumbel = -torch.log(-torch.log(torch.rand(2, 50, generator=g)))
     ours = representative_indices(x, gumbel, 12).numpy()
-    np.testing.assert_array_equal(ours, np_lowrank.representative_indices(x.numpy(), gumbel.numpy(), 12))
+    theirs = np_lowrank.representative_indices(x.numpy(), gumbel.numpy(), 12)
+    # Two libraries sum ||x||^2 in different orders (CPU-dependent): the selected sets may differ
+    # only where the 12th and 13th scores are within float32 rounding of each other. A wrong
+    # score (e.g. ||x|| instead of log ||x||^2) or order (descending) differs away from ties.
+    score = np.log(np.sum(x.numpy().astype(np.float64) ** 2, axis=-1)) + gumbel.numpy()
+    for b in range(score.shape[0]):
+        if not np.array_equal(ours[b], theirs[b]):
+            top = np.sort(score[b])[::-1]
+            assert top[11] - top[12] < 1e-5 * max(1.0, abs(top[11])), f"row {b}: indices differ away from a tie"
+    assert ours.dtype == theirs.dtype == np.int64
 
 
 def test_torch_area_upsample_equals_the_runtime_matrices():

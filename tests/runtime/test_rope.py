@@ -122,8 +122,33 @@ def test_rope_head_dim_must_split_into_two_axes():
         rope_cos_sin(get_schedule(), 66)
 
 
-@pytest.mark.parametrize("head_dim", [128, 96, 64, 32])
-def test_rope_inv_freq_equals_torch_bit_for_bit(head_dim):
+def _inv_freq_reference(head_dim):
+    """The correctly rounded float32 inverse frequencies, computed in pure Python float64.
+
+    The same on every x86-64 CPU: the float32 exponent is exact in float64, the float64 power is
+    rounded once to float32, and the reciprocal is one IEEE float32 division."""
     half = head_dim // 2
-    expected = 1.0 / (10000 ** (torch.arange(0, half, 2, dtype=torch.int64).float() / half))
-    assert np.array_equal(rope_inv_freq(head_dim), expected.numpy())
+    out = []
+    for k in range(0, half, 2):
+        exponent = float(np.float32(k) / np.float32(half))
+        out.append(np.float32(1.0) / np.float32(10000.0 ** exponent))
+    return np.array(out, dtype=np.float32)
+
+
+@pytest.mark.parametrize("head_dim", [128, 96, 64, 32])
+def test_rope_inv_freq_equals_the_correctly_rounded_reference(head_dim):
+    # Guards against a different rounding path than torch's float32 exponent (e.g. the exponent
+    # k/half in float64: 1 ulp off for head_dim 96), and against a CPU-dependent float32 pow
+    # (torch's vectorised one): cos/sin at position ~100 would move by ~4e-6.
+    assert np.array_equal(rope_inv_freq(head_dim), _inv_freq_reference(head_dim))
+
+
+@pytest.mark.parametrize("head_dim", [128, 96, 64, 32])
+def test_rope_inv_freq_is_within_one_ulp_of_torch(head_dim):
+    # Two libraries: torch's float32 pow is vectorised and differs between CPUs (1 ulp from the
+    # correctly rounded value for head_dim 96 on AMD EPYC / AVX2), so allow exactly 1 ulp. A wrong
+    # base or exponent (e.g. head_dim instead of head_dim // 2) is millions of ulps off.
+    half = head_dim // 2
+    expected = (1.0 / (10000 ** (torch.arange(0, half, 2, dtype=torch.int64).float() / half))).numpy()
+    ulps = np.abs(rope_inv_freq(head_dim).view(np.int32).astype(np.int64) - expected.view(np.int32))
+    assert ulps.max() <= 1
