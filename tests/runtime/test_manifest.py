@@ -105,12 +105,20 @@ def test_tampering_one_byte_fails_full_verification_naming_the_file(export, rel)
                        f"(corrupted or modified); export again.")
 
 
-def test_truncation_fails_quick_verification(export):
+@pytest.mark.parametrize("mode", ["quick", "full"])
+@pytest.mark.parametrize("change", ["truncated", "grown"])
+def test_a_size_change_either_way_fails_verification(export, change, mode):
+    """Bug guarded against: a size check of `size < bytes` (or `>`) instead of `!=`, which lets
+    a file with bytes appended (or cut off) through quick verification, the default at start-up.
+    Explicit modes, so the test holds whichever mode is the default."""
     path = export / "onnx" / "weights.bin"
-    path.write_bytes(path.read_bytes()[:-1])
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] if change == "truncated" else data + b"\0")
     with pytest.raises(StagevarError, match="onnx/weights.bin") as exc:
-        load_manifest(export, verify="quick")
-    _single_sentence(exc)
+        load_manifest(export, verify=mode)
+    message = _single_sentence(exc)
+    size = len(data) - 1 if change == "truncated" else len(data) + 1
+    assert f"{size} bytes instead of {len(data)}" in message
 
 
 def test_deleting_a_listed_file_fails_verification(export):
