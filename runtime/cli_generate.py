@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .cli_common import run_cli
 from .errors import StagevarError
+from .guidance import check_cfg, check_tau, range_text
 from .stage_plan import DEFAULT_PLAN, PLAN_PRESETS
 
 
@@ -19,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default=DEFAULT_PLAN, help=f"stage plan: {', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN})")
     p.add_argument("--aspect", default="1:1", help="width:height, e.g. 1:1, 16:9 (nearest template)")
     p.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--tau", type=float, default=None, help="logit temperature (default: the model's)")
+    p.add_argument("--cfg", type=float, default=None, help=f"guidance scale, {range_text('cfg')} (default: the model's)")
+    p.add_argument("--tau", type=float, default=None, help=f"logit temperature, {range_text('tau')} (default: the model's)")
     p.add_argument("--alpha", default=None, help="rank-table energy threshold (default: the export's)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--out", default="stagevar.png", help="output PNG; several images get _<i> suffixes")
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         raise StagevarError(f"The output folder '{out.parent}' does not exist; create it first.")
     if args.num_images < 1:
         raise StagevarError("--num-images must be at least 1.")
+    # Refused before the export loads; the pipeline checks the same ranges again.
+    if args.cfg is not None:
+        check_cfg(args.cfg)
+    if args.tau is not None:
+        check_tau(args.tau)
     from .pipeline import Pipeline
 
     trt_options = {"plugins": args.plugins, "cuda_graphs": not args.no_cuda_graphs} if args.backend == "trt" else {}

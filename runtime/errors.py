@@ -6,3 +6,10 @@ class StagevarError(Exception):
 
     Command-line entry points print its message alone (no traceback) and exit non-zero.
     """
+
+
+def shown(value, limit: int = 40) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters: a message that echoes a
+    client's input must not grow with it (a 1 MB field would give a 1 MB answer)."""
+    text = f"{value:g}" if isinstance(value, float) else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

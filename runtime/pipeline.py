@@ -23,6 +23,7 @@ import numpy as np
 from . import graph_io as gio
 from .codes import CodeAccumulator, tokens_bits_to_code_map
 from .errors import StagevarError
+from .guidance import check_cfg, check_tau
 from .manifest import Manifest, load_manifest
 from .noise import ScaleNoise, draw_batch_noise
 from .ort_backend import DeviceArray, KVCache, OrtBackend
@@ -187,10 +188,8 @@ class Pipeline:
         prompts = [p for p in normalize_prompts(prompt) for _ in range(int(per_prompt))]
         n = len(prompts)
         spec = self.spec
-        cfg = spec.default_cfg if cfg is None else float(cfg)
-        tau = spec.default_tau if tau is None else float(tau)
-        if not (np.isfinite(cfg) and np.isfinite(tau) and tau > 0):
-            raise StagevarError(f"cfg must be finite and tau positive, got cfg={cfg} and tau={tau}.")
+        cfg = check_cfg(spec.default_cfg if cfg is None else cfg)
+        tau = check_tau(spec.default_tau if tau is None else tau)
         resolution = self.manifest.data.get("resolution", "1M") if resolution is None else resolution
         alpha = self.manifest.data.get("alpha", "0.96") if alpha is None else alpha
         schedule = get_schedule(aspect, resolution)

@@ -192,6 +192,63 @@ def test_kv_cache_is_one_buffer_per_request_written_in_place(pipe, monkeypatch, 
     assert not np.isnan(cache.buffer.numpy()).any()
 
 
+class _BindingSpy:
+    """An IOBinding that remembers the address each output was bound to."""
+
+    def __init__(self, inner):
+        self.inner, self.output_ptrs = inner, {}
+
+    def bind_output(self, name, device, device_id, dtype, shape, ptr):
+        self.output_ptrs[name] = ptr
+        return self.inner.bind_output(name, device, device_id, dtype, shape, ptr)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class _StepSessionSpy:
+    """The step graph's session, recording for each run where ONNX Runtime wrote `new_kv` and
+    what the cache looked like right after the run, before the pipeline's `commit`."""
+
+    def __init__(self, inner, backend):
+        self.inner, self.backend, self.runs = inner, backend, []
+
+    def io_binding(self):
+        return _BindingSpy(self.inner.io_binding())
+
+    def run_with_iobinding(self, binding, *args):
+        self.inner.run_with_iobinding(binding.inner, *args)
+        index = list(binding.output_ptrs).index("new_kv")
+        written = binding.inner.get_outputs()[index]  # the OrtValue ORT wrote new_kv into
+        cache = self.backend.last_kv_cache
+        count = written.shape()[0]
+        slot_values = cache.buffer.numpy()[cache.length:cache.length + count]
+        self.runs.append(dict(bound=binding.output_ptrs["new_kv"], written=written.data_ptr(),
+                              slot=cache.buffer.ptr + cache.length * cache.buffer.row_bytes,
+                              start=cache.length, count=count, slot_nan=bool(np.isnan(slot_values).any())))
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("ortvalues", [False, True], ids=["numpy", "ortvalue"])
+def test_onnxruntime_writes_new_kv_into_the_cache_slot_itself(pipe, monkeypatch, ortvalues):
+    """Bug guarded against: the step's new K/V bound to a scratch buffer and copied into the
+    slot at `commit` (counters and the NaN fill cannot tell). The address the IO binding writes
+    `new_kv` into must be the cache slot's, and the slot must hold the values as soon as the
+    run returns, before `commit`; on both buffer kinds (numpy on CPU, OrtValue as on CUDA)."""
+    monkeypatch.setattr(KVCache, "debug_fill", np.nan)
+    monkeypatch.setattr(pipe.backend, "use_ortvalues", ortvalues)
+    spy = _StepSessionSpy(pipe.backend.sessions["step"], pipe.backend)
+    monkeypatch.setitem(pipe.backend.sessions, "step", spy)
+    pipe("a cat", seed=0, plan="cfg-off", resolution="0.06M", num_images_per_prompt=2, output_type="np")
+    schedule = get_schedule("1:1", "0.06M")
+    assert [(r["start"], r["count"]) for r in spy.runs] == list(zip(schedule.offsets, schedule.token_counts))
+    for run in spy.runs:
+        assert run["bound"] == run["slot"] and run["written"] == run["slot"], run
+        assert not run["slot_nan"], run
+
+
 def test_ortvalue_buffers_the_cuda_path_uses_give_the_same_image(pipe, monkeypatch):
     plain = pipe("a tree", seed=2, plan="stagevar-full", resolution="0.25M", output_type="np")
     monkeypatch.setattr(pipe.backend, "use_ortvalues", True)
@@ -263,6 +320,11 @@ def _one_sentence(exc_info) -> str:
     ({"seed": -1}, "Seed"),
     ({"seed": [1, 2]}, "seed"),
     ({"tau": 0.0}, "tau"),
+    # Out of the runtime's ranges (runtime/guidance.py): finite, yet NaN images before.
+    ({"tau": 1e-300}, "tau"),
+    ({"cfg": 1e30}, "cfg"),
+    ({"cfg": 10**400}, "cfg"),
+    ({"cfg": "3"}, "cfg"),
 ])
 def test_bad_call_arguments_raise_one_sentence(pipe, kwargs, words):
     with pytest.raises(StagevarError) as info:
