@@ -257,3 +257,19 @@ def test_reports_are_not_listed_so_rewriting_them_keeps_the_export_valid(export)
     assert not [rel for rel in load_manifest(export).files if rel.startswith("reports/")]
     (reports / "check.json").write_text('{"ok": false, "rows": []}')
     load_manifest(export, verify="full")
+
+
+@pytest.mark.parametrize("rel", ["../outside.json", "/etc/passwd", "a/../../b", "", None, 7, "a\\..\\b", "./x"])
+def test_paths_the_manifest_names_must_stay_inside_the_export(export, rel):
+    """Bug guarded against: a path read from manifest.json (tokenizer, engine plan, plugin
+    library) used without the safe-relative-path check, so a tampered manifest could load a
+    file or a shared library from anywhere."""
+    m = load_manifest(export)
+    with pytest.raises(StagevarError, match="the tokenizer") as exc:
+        m.file_path(rel, "the tokenizer")
+    assert "not a relative path inside the export" in _single_sentence(exc)
+
+
+def test_a_safe_path_resolves_inside_the_export(export):
+    m = load_manifest(export)
+    assert m.file_path("tokenizer/tokenizer.json", "the tokenizer") == export / "tokenizer" / "tokenizer.json"

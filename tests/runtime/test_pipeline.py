@@ -376,3 +376,19 @@ def test_manifest_from_a_newer_stagevar_is_refused(artifacts, tmp_path):
     with pytest.raises(StagevarError) as info:
         Pipeline.from_dir(copy)
     assert "newer" in _one_sentence(info)
+
+
+def test_a_tokenizer_path_outside_the_export_is_refused(artifacts, tmp_path):
+    """Bug guarded against: the tokenizer path read from manifest.json without the safe-path
+    check (a tampered manifest could read any tokenizer.json on the machine)."""
+    copy = tmp_path / "art"
+    copy.mkdir()
+    (copy / "manifest.json").write_bytes((artifacts / "manifest.json").read_bytes())
+    elsewhere = tmp_path / "elsewhere.json"
+    shutil.copy(artifacts / json.loads((copy / "manifest.json").read_text())["tokenizer"]["path"], elsewhere)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["tokenizer"]["path"] = "../elsewhere.json"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StagevarError) as info:
+        Pipeline.from_dir(copy, verify=False)
+    assert "the tokenizer" in _one_sentence(info) and "inside the export" in str(info.value)
