@@ -120,7 +120,10 @@ def _logit_diffs(out, ref):
     return diffs
 
 
-CASES = [(plan, "0.25M") for plan in PLAN_PRESETS] + [("exact", "1M"), ("stagevar", "1M")]
+# The 1M cases (13 scales up to 64x64) take about a minute each on 2 cores and check the same
+# code paths as 0.25M at larger shapes: `slow`, run with -m slow.
+CASES = [(plan, "0.25M") for plan in PLAN_PRESETS] + [
+    pytest.param("exact", "1M", marks=pytest.mark.slow), pytest.param("stagevar", "1M", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("plan,resolution", CASES)
@@ -218,6 +221,7 @@ class _StepSessionSpy:
 
     def run_with_iobinding(self, binding, *args):
         self.inner.run_with_iobinding(binding.inner, *args)
+        binding.inner.synchronize_outputs()  # on CUDA: the writes are done before they are read
         index = list(binding.output_ptrs).index("new_kv")
         written = binding.inner.get_outputs()[index]  # the OrtValue ORT wrote new_kv into
         cache = self.backend.last_kv_cache
@@ -247,6 +251,27 @@ def test_onnxruntime_writes_new_kv_into_the_cache_slot_itself(pipe, monkeypatch,
     for run in spy.runs:
         assert run["bound"] == run["slot"] and run["written"] == run["slot"], run
         assert not run["slot_nan"], run
+
+
+@pytest.mark.gpu
+def test_on_a_cuda_gpu_new_kv_is_written_into_the_cache_slot_and_images_match_cpu(artifacts, monkeypatch):
+    """The ORT CUDA path (onnxruntime-gpu, device="cuda"): the same slot-identity check as on CPU,
+    on device OrtValues, and the CPU image. Runs with -m gpu on a GPU host; there a missing CUDA
+    provider fails (it would otherwise hide the whole check). Images may differ where a bit's
+    sampling margin is below the GPU's float rounding, so most pixels, not all, must agree."""
+    import onnxruntime as ort
+
+    assert "CUDAExecutionProvider" in ort.get_available_providers(), "install onnxruntime-gpu (stagevar[gpu])"
+    gpu = Pipeline.from_dir(artifacts, device="cuda")
+    monkeypatch.setattr(KVCache, "debug_fill", np.nan)
+    spy = _StepSessionSpy(gpu.backend.sessions["step"], gpu.backend)
+    monkeypatch.setitem(gpu.backend.sessions, "step", spy)
+    out = gpu("a cat", seed=0, plan="cfg-off", resolution="0.06M", output_type="np")
+    assert type(gpu.backend.last_kv_cache.buffer.owner).__name__ == "OrtValue"
+    assert spy.runs and all(r["bound"] == r["slot"] == r["written"] and not r["slot_nan"] for r in spy.runs)
+    cpu = Pipeline.from_dir(artifacts)("a cat", seed=0, plan="cfg-off", resolution="0.06M", output_type="np")
+    assert out.images.shape == cpu.images.shape
+    assert np.mean(out.images == cpu.images) > 0.9
 
 
 def test_ortvalue_buffers_the_cuda_path_uses_give_the_same_image(pipe, monkeypatch):
