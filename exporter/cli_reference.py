@@ -13,6 +13,7 @@ from pathlib import Path
 
 from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.guidance import check_cfg, check_tau, range_text
 from stagevar.runtime.stage_plan import DEFAULT_ALPHA, PLAN_PRESETS
 
 from .model_args import add_model_arguments, load_bundle, resolve_preset
@@ -27,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", default=DEFAULT_ALPHA, help="rank-table energy threshold (default: 0.96)")
     p.add_argument("--aspect", default="1:1", help="width:height, e.g. 1:1, 16:9 (nearest template)")
     p.add_argument("--resolution", default="1M", help="0.06M, 0.25M, 0.60M or 1M (default: 1M)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the preset's)")
-    p.add_argument("--tau", type=float, default=None, help="logit temperature (default: the preset's)")
+    p.add_argument("--cfg", type=float, default=None, help=f"guidance scale, {range_text('cfg')} (default: the preset's)")
+    p.add_argument("--tau", type=float, default=None, help=f"logit temperature, {range_text('tau')} (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--out", default="reference.png", help="output PNG; several images get _<i> suffixes")
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_images < 1:
         raise StagevarError("--num-images must be at least 1.")
+    cfg = None if args.cfg is None else check_cfg(args.cfg)
+    tau = None if args.tau is None else check_tau(args.tau)
     from PIL import Image
 
     from .infinity.sampler import ReferenceSampler
@@ -55,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         args.prompts,
         plan=args.plan,
         alpha=args.alpha,
-        cfg=preset.default_cfg if args.cfg is None else args.cfg,
-        tau=preset.default_tau if args.tau is None else args.tau,
+        cfg=preset.default_cfg if cfg is None else cfg,
+        tau=preset.default_tau if tau is None else tau,
         aspect=args.aspect,
         resolution=args.resolution,
         seed=args.seed,
@@ -73,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> int:
-    return run_cli(main)
+def entry(argv: list[str] | None = None) -> int:
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

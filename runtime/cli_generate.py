@@ -10,6 +10,7 @@ from pathlib import Path
 from .cli_common import add_version, run_cli
 from .errors import StagevarError
 from .micro_batches import merge_timings
+from .guidance import check_cfg, check_tau, range_text
 from .stage_plan import DEFAULT_PLAN, PLAN_PRESETS
 
 
@@ -23,10 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aspect", default="1:1", help="width:height, e.g. 1:1, 16:9 (nearest template)")
     p.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
     p.add_argument("--cfg", type=float, default=None,
-                   help="classifier-free guidance scale: logits = cfg * cond + (1 - cfg) * uncond; any finite value, "
-                        "1 turns guidance off, higher follows the prompt more closely (default: the model's, 3 for "
-                        "Infinity; the stagevar plan drops guidance at its fidelity scales whatever the value)")
-    p.add_argument("--tau", type=float, default=None, help="logit temperature, > 0 (default: the model's)")
+                   help="classifier-free guidance scale: logits = cfg * cond + (1 - cfg) * uncond; "
+                        f"{range_text('cfg')}, 1 turns guidance off, higher follows the prompt more closely "
+                        "(default: the model's, 3 for Infinity; the stagevar plan drops guidance at its fidelity "
+                        "scales whatever the value)")
+    p.add_argument("--tau", type=float, default=None, help=f"logit temperature, {range_text('tau')} (default: the model's)")
     p.add_argument("--alpha", default=None, help="rank-table energy threshold (default: the export's)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--max-batch", type=int, default=None,
@@ -79,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         raise StagevarError("--num-images must be at least 1.")
     if args.max_batch is not None and args.max_batch < 1:
         raise StagevarError("--max-batch must be at least 1.")
+    # Refused before the export loads; the pipeline checks the same ranges again.
+    if args.cfg is not None:
+        check_cfg(args.cfg)
+    if args.tau is not None:
+        check_tau(args.tau)
     from .pipeline import Pipeline
     from .progress_line import ProgressLine
 

@@ -14,3 +14,10 @@ class StagevarWarning(UserWarning):
     Command-line entry points print its message as one `warning: ...` line, without the source
     location Python's default warning format adds.
     """
+
+
+def shown(value, limit: int = 40) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters: a message that echoes a
+    client's input must not grow with it (a 1 MB field would give a 1 MB answer)."""
+    text = f"{value:g}" if isinstance(value, float) else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

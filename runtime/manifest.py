@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.errors import StagevarError, shown
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -167,6 +167,18 @@ class Manifest:
             raise StagevarError(f"manifest.json in {self.root} has a malformed entry for graph "
                                 f"'{name}'; export again.")
         return self.root / entry["path"]
+
+    def file_path(self, rel: object, what: str) -> Path:
+        """Absolute path of `what` (e.g. "the tokenizer") at `rel`, a path the manifest names.
+
+        Every path read from manifest.json goes through here or `graph_path`: a relative POSIX
+        path inside the export, without "..". A tampered manifest must not make the runtime open
+        a file, or load a library, from anywhere else.
+        """
+        if not _is_safe_relpath(rel):
+            raise StagevarError(f"manifest.json in {self.root} names {what} at {shown(rel, 80)}, which is "
+                                f"not a relative path inside the export; export again.")
+        return self.root / rel
 
     def _require(self, key: str):
         if key not in self.data:

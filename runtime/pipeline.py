@@ -148,7 +148,7 @@ class Pipeline:
         tok_entry = manifest.data.get("tokenizer")
         if not isinstance(tok_entry, dict) or not isinstance(tok_entry.get("path"), str):
             raise StagevarError(f"manifest.json in {manifest.root} has no tokenizer entry; export again.")
-        tokenizer = load_tokenizer_json(Path(manifest.root) / tok_entry["path"])
+        tokenizer = load_tokenizer_json(manifest.file_path(tok_entry["path"], "the tokenizer"))
         if backend == "trt":
             from .trt_backend import TrtBackend  # lazy: TensorRT is an optional extra
 

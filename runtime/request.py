@@ -16,6 +16,7 @@ from . import request_memory
 from .errors import StagevarError
 from .prompts import normalize_prompts
 from .schedules import ScaleSchedule, get_schedule
+from .guidance import check_cfg, check_tau
 from .stage_plan import Mode, StagePlan, make_plan, validate
 
 OUTPUT_TYPES = ("pil", "np")
@@ -45,10 +46,8 @@ def check_request(manifest, spec, prompt, seed, plan, cfg, tau, aspect, resoluti
         raise StagevarError(f"num_images_per_prompt must be a positive integer, not {per_prompt!r}.")
     prompts = [p for p in normalize_prompts(prompt) for _ in range(int(per_prompt))]
     n = len(prompts)
-    cfg = spec.default_cfg if cfg is None else float(cfg)
-    tau = spec.default_tau if tau is None else float(tau)
-    if not (np.isfinite(cfg) and np.isfinite(tau) and tau > 0):
-        raise StagevarError(f"cfg must be finite and tau positive, got cfg={cfg} and tau={tau}.")
+    cfg = check_cfg(spec.default_cfg if cfg is None else cfg)
+    tau = check_tau(spec.default_tau if tau is None else tau)
     resolution = manifest.data.get("resolution", "1M") if resolution is None else resolution
     alpha = manifest.data.get("alpha", "0.96") if alpha is None else alpha
     schedule = get_schedule(aspect, resolution)

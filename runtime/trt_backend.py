@@ -117,7 +117,7 @@ class TrtBackend:
         if not isinstance(entry, dict) or not isinstance(entry.get("plan"), str):
             raise StagevarError(f"The TensorRT engines in {self.manifest.root / self.build.get('dir', 'engines')} "
                                 f"have no '{name}' engine; build the engines again.")
-        path = self.manifest.root / entry["plan"]
+        path = self.manifest.file_path(entry["plan"], f"the '{name}' TensorRT engine")
         if not path.is_file():
             raise StagevarError(f"TensorRT engine {path} is missing; build the engines again.")
         with open(path, "rb") as f:

@@ -95,7 +95,12 @@ def load_plugins(trt, manifest: Manifest, build: dict, plugins: str | None) -> N
     entry = build.get("plugins")
     if not entry:
         return
-    path = Path(plugins) if plugins else manifest.root / build.get("dir", "") / entry["file"]
+    if plugins:
+        path = Path(plugins)  # the user's own choice, from the command line or the API
+    else:
+        folder, name = build.get("dir", ""), entry.get("file") if isinstance(entry, dict) else None
+        rel = name if folder == "" else f"{folder}/{name}" if isinstance(folder, str) and isinstance(name, str) else None
+        path = manifest.file_path(rel, "the TensorRT plugin library")
     if not path.is_file():
         raise StagevarError(f"The TensorRT engines need the plugin library {entry['file']}, which is not at {path}; "
                             f"pass its path with plugins= (--plugins), or build the engines again.")

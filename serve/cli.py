@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.guidance import range_text
 from stagevar.runtime.stage_plan import DEFAULT_PLAN, PLAN_PRESETS
 
 from .request import RequestDefaults
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-batch", type=int, default=4, help="Triton max_batch_size: rows per execution (default 4)")
     t.add_argument("--max-queue-delay-ms", type=float, default=20.0,
                    help="how long the dynamic batcher waits to fill a batch (default 20)")
+    t.add_argument("--max-queue-size", type=int, default=64,
+                   help="requests Triton queues for the model; more are refused as UNAVAILABLE (default 64)")
     t.add_argument("--server-artifacts", default=None,
                    help="the export's path as the server sees it (e.g. a container mount; default: DIR)")
     t.add_argument("--no-warmup", action="store_true", help="skip the warm-up image at model load")
@@ -52,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
     r.add_argument("--max-batch", type=int, default=4, help="requests per batched pipeline call (default 4)")
     r.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a batch waits to fill (default 20)")
+    r.add_argument("--max-ongoing-requests", type=int, default=8,
+                   help="requests one replica holds at once (default 8)")
+    r.add_argument("--max-queued-requests", type=int, default=64,
+                   help="requests waiting for a replica; more are refused with HTTP 503 (default 64)")
+    r.add_argument("--max-body-kb", type=float, default=64,
+                   help="largest request body read; larger ones get HTTP 413 (default 64)")
     _pipeline_options(r, device_help="pipeline device (default: cuda with --num-gpus > 0, else cpu)")
     return p
 
@@ -65,8 +74,8 @@ def _pipeline_options(p: argparse.ArgumentParser, device_help: str) -> None:
     g = p.add_argument_group("request defaults (a request may override plan, aspect, cfg and tau)")
     g.add_argument("--plan", default=DEFAULT_PLAN, help=f"{', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN})")
     g.add_argument("--aspect", default="1:1", help="width:height (default 1:1)")
-    g.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
-    g.add_argument("--tau", type=float, default=None, help="logit temperature (default: the model's)")
+    g.add_argument("--cfg", type=float, default=None, help=f"guidance scale, {range_text('cfg')} (default: the model's)")
+    g.add_argument("--tau", type=float, default=None, help=f"logit temperature, {range_text('tau')} (default: the model's)")
     g.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
 
 
@@ -88,6 +97,7 @@ def _triton(args) -> int:
     cfg = TritonRepoConfig(
         artifacts=Path(args.artifacts), model_name=args.model_name, instances=args.instances, kind=args.kind,
         max_batch=args.max_batch, max_queue_delay_us=int(round(args.max_queue_delay_ms * 1000)),
+        max_queue_size=args.max_queue_size,
         backend=args.backend, device=args.device, verify=args.verify, warmup=not args.no_warmup,
         server_artifacts=args.server_artifacts, defaults=_defaults(args),
     )
@@ -108,6 +118,8 @@ def _ray(args) -> int:
     cfg = RayServeConfig(
         artifacts=Path(args.artifacts), replicas=args.replicas, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
         max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000, backend=args.backend,
+        max_ongoing_requests=args.max_ongoing_requests, max_queued_requests=args.max_queued_requests,
+        max_body_bytes=int(args.max_body_kb * 1024),
         device=args.device, verify=args.verify, defaults=_defaults(args),
     )
     run_ray(cfg, host=args.host, port=args.port, route_prefix=args.route, address=args.address, blocking=True)

@@ -27,7 +27,8 @@ from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.manifest import load_manifest
 
 from .batched_generation import GenerationFailure, generate_images
-from .request import RequestDefaults, parse_fields, parse_json_request
+from .http_request import DEFAULT_MAX_BODY_BYTES, HttpRefusal, read_generation_request
+from .request import RequestDefaults, parse_fields
 
 APP_NAME = "stagevar"
 
@@ -44,6 +45,11 @@ class RayServeConfig:
     batch_wait_s: float = 0.02
     # Requests a replica accepts at once (queued in its batcher); more wait in the proxy.
     max_ongoing_requests: int = 8
+    # Requests waiting for a replica, per caller (proxy or handle); beyond it a request is
+    # refused at once (HTTP 503) instead of queueing without bound while replicas are busy.
+    max_queued_requests: int = 64
+    # Largest HTTP body a replica reads; a longer one is refused with 413 unread.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     backend: str = "ort"
     device: str | None = None
     verify: str = "record"
@@ -61,6 +67,10 @@ class RayServeConfig:
             raise StagevarError("--num-gpus and --num-cpus must not be negative.")
         if self.max_batch < 1 or self.max_ongoing_requests < 1:
             raise StagevarError("--max-batch and --max-ongoing-requests must be at least 1.")
+        if self.max_queued_requests < 1:
+            raise StagevarError(f"--max-queued-requests must be at least 1, not {self.max_queued_requests}.")
+        if self.max_body_bytes < 1024:
+            raise StagevarError(f"--max-body-kb must allow at least 1 KiB, not {self.max_body_bytes} bytes.")
         if self.batch_wait_s < 0:
             raise StagevarError("--batch-wait-ms must not be negative.")
         if self.pipeline_device not in ("cpu", "cuda"):
@@ -84,6 +94,7 @@ def server_class():
             from stagevar.runtime.pipeline import Pipeline
 
             self.defaults = config.defaults
+            self.max_body_bytes = config.max_body_bytes
             self.pipeline = Pipeline.from_dir(config.artifacts, backend=config.backend,
                                               device=config.pipeline_device, verify=config.verify)
             self._batched.set_max_batch_size(config.max_batch)
@@ -93,12 +104,10 @@ def server_class():
         async def __call__(self, request):
             from starlette.responses import JSONResponse, Response
 
-            if request.method != "POST":
-                return JSONResponse({"error": 'POST a JSON body {"prompt": "...", "seed": 0}.'}, status_code=405)
             try:
-                parsed = parse_json_request(await request.body(), self.defaults)
-            except StagevarError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
+                parsed = await read_generation_request(request, self.defaults, self.max_body_bytes)
+            except HttpRefusal as exc:
+                return JSONResponse({"error": exc.message}, status_code=exc.status)
             result = await self._batched(parsed)
             if isinstance(result, Exception):
                 status = 500 if isinstance(result, GenerationFailure) else 400
@@ -130,12 +139,18 @@ def build_app(config: RayServeConfig):
     from ray import serve
 
     config.check()
-    deployment = serve.deployment(
-        server_class(), name="StagevarServer", num_replicas=config.replicas,
-        max_ongoing_requests=config.max_ongoing_requests,
-        ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": config.num_cpus},
-    )
+    deployment = serve.deployment(server_class(), **deployment_options(config))
     return deployment.bind(config)
+
+
+def deployment_options(config: RayServeConfig) -> dict:
+    """The options of `serve.deployment`: replicas, their resources and both queue bounds."""
+    return {
+        "name": "StagevarServer", "num_replicas": config.replicas,
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "max_queued_requests": config.max_queued_requests,
+        "ray_actor_options": {"num_gpus": config.num_gpus, "num_cpus": config.num_cpus},
+    }
 
 
 def run_ray(config: RayServeConfig, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/generate",

@@ -8,11 +8,11 @@ engine, and is refused before it reaches the pipeline (where it would fail a who
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.errors import StagevarError, shown
+from stagevar.runtime.guidance import check_cfg, check_tau
 from stagevar.runtime.schedules import get_schedule
 from stagevar.runtime.stage_plan import DEFAULT_PLAN, PLAN_PRESETS
 
@@ -22,6 +22,9 @@ MAX_SEED = 2**63 - 1
 # The tokenizer truncates long prompts anyway; this only bounds what one request can make
 # the server hold and tokenize.
 MAX_PROMPT_CHARS = 4096
+# Plans and aspects are a few characters ("stagevar-full", "16:9"); longer text is refused
+# before it is parsed or echoed.
+MAX_OPTION_CHARS = 32
 JSON_FIELDS = ("prompt", "seed", "plan", "aspect", "cfg", "tau")
 
 
@@ -37,7 +40,7 @@ class RequestDefaults:
 
     def check(self) -> "RequestDefaults":
         """Refuse bad defaults when a server is configured, not at its first request."""
-        parse_request("check", 0, defaults=self)
+        parse_request("check", 0, cfg=self.cfg, tau=self.tau, defaults=self)
         return self
 
 
@@ -69,18 +72,17 @@ def parse_request(prompt: Any, seed: Any = 0, plan: Any = None, aspect: Any = No
     if len(prompt) > MAX_PROMPT_CHARS:
         raise StagevarError(f"The prompt has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}.")
     seed = _seed(seed)
-    plan = defaults.plan if plan is None else _text("plan", plan).strip()
+    plan = defaults.plan if plan is None else _option("plan", plan)
     if plan not in PLAN_PRESETS:
-        raise StagevarError(f"Plan {plan!r} is not known; use one of {', '.join(PLAN_PRESETS)}.")
-    aspect = defaults.aspect if aspect is None else _text("aspect", aspect).strip()
+        raise StagevarError(f"Plan {shown(plan)} is not known; use one of {', '.join(PLAN_PRESETS)}.")
+    aspect = defaults.aspect if aspect is None else _option("aspect", aspect)
     resolution = defaults.resolution
     # get_schedule refuses malformed aspects, aspects far from every template and unknown
     # resolutions, each in one sentence; "1M" stands in for "the export's" here.
     schedule = get_schedule(aspect, resolution or "1M")
-    cfg = defaults.cfg if cfg is None else _number("cfg", cfg)
-    tau = defaults.tau if tau is None else _number("tau", tau)
-    if tau is not None and tau <= 0:
-        raise StagevarError(f"tau must be positive, not {tau}; the model's default is a good start.")
+    # The runtime's ranges (runtime/guidance.py): a request outside them would get NaN pixels.
+    cfg = defaults.cfg if cfg is None else check_cfg(cfg)
+    tau = defaults.tau if tau is None else check_tau(tau)
     return GenerationRequest(prompt, seed, plan, aspect, schedule.h_div_w, resolution, cfg, tau)
 
 
@@ -90,6 +92,9 @@ def parse_json_request(body: bytes | str, defaults: RequestDefaults = RequestDef
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise StagevarError('The request body is not JSON; send {"prompt": "...", "seed": 0}.') from None
+    except RecursionError:  # json recurses per nesting level: [[[[...]]]] exhausts the stack
+        raise StagevarError('The request body nests too deeply; send a flat JSON object such as '
+                            '{"prompt": "...", "seed": 0}.') from None
     if not isinstance(data, dict):
         raise StagevarError('The request body must be a JSON object such as {"prompt": "...", "seed": 0}.')
     return parse_fields(data, defaults)
@@ -99,7 +104,8 @@ def parse_fields(fields: Mapping[str, Any], defaults: RequestDefaults = RequestD
     """Named fields (a JSON object, or a Python caller's keyword arguments), unknown names refused."""
     unknown = sorted(set(fields) - set(JSON_FIELDS))
     if unknown:
-        raise StagevarError(f"Unknown field(s) {', '.join(map(repr, unknown))}; "
+        names = ", ".join(shown(name) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise StagevarError(f"Unknown field(s) {names}; "
                             f"the fields are {', '.join(JSON_FIELDS)}.")
     if "prompt" not in fields:
         raise StagevarError('The request has no "prompt"; describe the image to generate.')
@@ -115,12 +121,25 @@ def _text(name: str, value: Any) -> str:
             raise StagevarError(f"The {name} is not valid UTF-8 text; send it UTF-8 encoded.") from None
     if not isinstance(value, str):
         raise StagevarError(f"The {name} must be text, not {type(value).__name__}.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON "\ud800": a lone surrogate the tokenizer cannot take
+        raise StagevarError(f"The {name} is not valid Unicode text (it holds a lone surrogate); "
+                            f"send UTF-8 text.") from None
     return value
+
+
+def _option(name: str, value: Any) -> str:
+    text = _text(name, value).strip()
+    if len(text) > MAX_OPTION_CHARS:
+        raise StagevarError(f"The {name} {shown(text)} is too long to be valid; see the "
+                            f"documentation for the accepted values.")
+    return text
 
 
 def _seed(value: Any) -> int:
     if isinstance(value, bool) or not _is_integer(value) or not 0 <= int(value) <= MAX_SEED:
-        raise StagevarError(f"Seed {value!r} is not valid; give an integer from 0 to 2**63-1.")
+        raise StagevarError(f"Seed {shown(value)} is not valid; give an integer from 0 to 2**63-1.")
     return int(value)
 
 
@@ -129,15 +148,3 @@ def _is_integer(value: Any) -> bool:
         return int(value) == value and not isinstance(value, (str, bytes))
     except (TypeError, ValueError, OverflowError):
         return False
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or isinstance(value, (str, bytes)):
-        raise StagevarError(f"{name} must be a number, not {value!r}.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise StagevarError(f"{name} must be a number, not {value!r}.") from None
-    if not math.isfinite(number):
-        raise StagevarError(f"{name} must be a finite number, not {value!r}.")
-    return number

@@ -108,15 +108,23 @@ class TritonPythonModel:
             prompts = _column(request, "PROMPT", required=True)
             seeds = _column(request, "SEED", required=True)
             n = len(prompts)
+            if n == 0:  # Triton lets a client send PROMPT [0, 1]; there is nothing to generate
+                raise StagevarError("The request has no rows (PROMPT has 0 rows); send at least one prompt.")
             extra = {name: _column(request, name, required=False) for name in OPTIONAL_INPUTS}
             for name, column in (("SEED", seeds), *extra.items()):
                 if column is not None and len(column) != n:
                     raise StagevarError(f"Input {name} has {len(column)} rows but PROMPT has {n}; "
                                         f"send one value per prompt.")
-            return [parse_request(prompts[i], seeds[i],
+            rows = [parse_request(prompts[i], seeds[i],
                                   *(None if extra[name] is None else extra[name][i] for name in OPTIONAL_INPUTS),
                                   defaults=self.defaults)
                     for i in range(n)]
+            # IMAGE is one tensor per request: its rows must share one image size. Refused here,
+            # before any of them is generated.
+            if len({row.h_div_w for row in rows}) > 1:
+                raise StagevarError("The rows of one request asked for different aspect ratios; "
+                                    "send one request per aspect ratio.")
+            return rows
         except StagevarError as exc:
             return exc
 
@@ -152,9 +160,6 @@ def _image_response(images):
     errors = [img for img in images if isinstance(img, Exception)]
     if errors:
         return _error_response(errors[0])
-    if len({img.shape for img in images}) > 1:
-        return _error_response(StagevarError("The rows of one request asked for different aspect ratios; "
-                                             "send one request per aspect ratio."))
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("IMAGE", np.stack(images))])
 
 

@@ -41,6 +41,9 @@ class TritonRepoConfig:
     kind: str = "cpu"
     max_batch: int = 4
     max_queue_delay_us: int = 20_000
+    # Requests waiting in the dynamic batcher; beyond it Triton refuses new ones at once
+    # (UNAVAILABLE) instead of queueing without bound while every instance is busy.
+    max_queue_size: int = 64
     backend: str = "ort"
     device: str | None = None
     verify: str = "record"
@@ -64,6 +67,8 @@ class TritonRepoConfig:
             raise StagevarError(f"--max-batch must be at least 1, not {self.max_batch}.")
         if self.max_queue_delay_us < 0:
             raise StagevarError("--max-queue-delay-ms must not be negative.")
+        if self.max_queue_size < 1:
+            raise StagevarError(f"--max-queue-size must be at least 1, not {self.max_queue_size}.")
         if self.backend not in ("ort", "trt"):
             raise StagevarError(f"--backend {self.backend!r} is not known; use ort or trt.")
         if self.backend == "trt" and self.kind != "gpu":
@@ -111,7 +116,8 @@ def config_pbtxt(cfg: TritonRepoConfig, manifest_sha256: str) -> str:
         # Height and width follow the aspect template of each request.
         '  { name: "IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] }',
         "]",
-        f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} "
+        f"default_queue_policy {{ max_queue_size: {cfg.max_queue_size} }} }}",
         # One instance holds the whole pipeline, K/V cache included: on a GPU, one per GPU.
         f"instance_group [ {{ count: {cfg.instances} kind: {KINDS[cfg.kind]} }} ]",
         "parameters [",

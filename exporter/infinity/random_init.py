@@ -11,7 +11,6 @@ import math
 import zlib
 
 import torch
-from torch import nn
 
 from .config import InfinityConfig
 from ..lazy_weights import LazyWeights, meta_shapes
@@ -24,10 +23,19 @@ def official_cfg_uncond_rows(rows: int, text_channels: int) -> torch.Tensor:
     Truncated normal (std 1.2, absolute bounds +-2) from a CPU generator seeded 0, divided by
     sqrt(Ct5). The loader appends these rows when a checkpoint stores fewer than text_maxlen.
     """
+    # The inverse-CDF sampler of nn.init.trunc_normal_ as the release's torch had it, written
+    # out: torch 2.12 replaced it with rejection sampling (pytorch#174997), which draws other
+    # values from the same seed, and the appended rows would no longer be the official ones.
+    std, bound = 1.2, 2.0
+    low, high = (_normal_cdf(-bound / std), _normal_cdf(bound / std))
     rng = torch.Generator(device="cpu").manual_seed(0)
-    t = torch.empty(rows, text_channels)
-    nn.init.trunc_normal_(t, std=1.2, generator=rng)
+    t = torch.empty(rows, text_channels).uniform_(2 * low - 1, 2 * high - 1, generator=rng)
+    t.erfinv_().mul_(std * math.sqrt(2.0)).clamp_(-bound, bound)
     return t / text_channels**0.5
+
+
+def _normal_cdf(x: float) -> float:
+    return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
 
 
 def _seed(seed: int, name: str) -> int:

@@ -102,15 +102,25 @@ def test_bad_options_get_one_sentence_and_write_nothing(tmp_path, capsys, args, 
 
 
 def test_an_export_killed_midway_leaves_no_directory_with_a_manifest(tmp_path):
+    """Bug guarded against: an export that writes into --out directly (or writes the manifest
+    before the graphs), so a kill leaves a folder that looks complete. The kill must land while
+    the staging folder exists and the export is still running, or the test proves nothing."""
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "stagevar.exporter.cli_export", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 60
-    # Kill it once it is writing graphs (the staging directory exists).
-    while time.time() < deadline and not list(tmp_path.glob(".killed.partial-*")):
-        time.sleep(0.2)
-    time.sleep(2.0)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    deadline = time.time() + 180  # the machine may be shared: starting torch can take a while
+    staged = []
+    try:
+        # Kill it once it is writing graphs (the staging directory exists).
+        while time.time() < deadline and not staged and proc.poll() is None:
+            staged = list(tmp_path.glob(".killed.partial-*"))
+            time.sleep(0.2)
+        time.sleep(2.0)
+        still_running = proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert staged, "the staging folder never appeared before the kill"
+    assert still_running, "the export finished before the kill; nothing was interrupted"
     assert not out.exists()
     assert not list(tmp_path.rglob("manifest.json"))

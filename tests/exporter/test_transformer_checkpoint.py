@@ -78,7 +78,25 @@ def test_long_null_text_is_truncated(tmp_path, model):
     torch.testing.assert_close(loaded.cfg_uncond, model.cfg_uncond)
 
 
-def test_official_null_text_init_is_deterministic_and_bounded():
+def test_official_null_text_init_equals_independently_computed_values():
+    """Bug guarded against: null-text rows that are deterministic and bounded but not the
+    official ones (another std, bound, seed or scale, or torch >= 2.12's rejection-sampling
+    trunc_normal_, which draws other values from the same seed). The expected values are the
+    release's inverse-CDF sampler computed here in float64 with the standard library's normal
+    quantile, from the same uniform draws (torch's CPU generator seeded 0): a truncated normal
+    of std 1.2 within +-2, divided by sqrt(128). Tolerance: float32 erfinv against float64."""
+    from statistics import NormalDist
+
     a = official_cfg_uncond_rows(16, 128)
-    torch.testing.assert_close(a, official_cfg_uncond_rows(16, 128))
+    torch.testing.assert_close(a, official_cfg_uncond_rows(16, 128), rtol=0, atol=0)
+    normal = NormalDist()
+    low, high = 2 * normal.cdf(-2 / 1.2) - 1, 2 * normal.cdf(2 / 1.2) - 1  # erf(x / sqrt 2) = 2 cdf - 1
+    uniforms = torch.rand(16, 128, generator=torch.Generator().manual_seed(0)).double()
+    y = low + (high - low) * uniforms  # uniform on [erf(-2/1.2/sqrt 2), erf(2/1.2/sqrt 2)]
+    expected = torch.tensor([[1.2 * normal.inv_cdf((float(v) + 1) / 2) for v in row] for row in y],
+                            dtype=torch.float64).clamp(-2, 2) / 128**0.5
+    torch.testing.assert_close(a.double(), expected, rtol=0, atol=2e-6)
+    # Shape of the law, not only the draws: bounded by 2/sqrt(C) and spread like the truncated
+    # normal (std 1.2 * 0.7958 = 0.955 before scaling, truncated at 1.667 sigma; 2048 draws).
     assert a.abs().max() <= 2.0 / 128**0.5 + 1e-6
+    assert float(a.std() * 128**0.5) == pytest.approx(0.955, rel=0.05)

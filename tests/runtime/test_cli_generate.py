@@ -30,6 +30,8 @@ def test_generate_writes_one_png_per_image_and_prints_timings(tiny_artifacts, tm
         (["--resolution", "4M"], "4M"),
         (["--out", "image.jpg"], ".png"),
         (["--num-images", "0"], "--num-images"),
+        (["--cfg", "1e30"], "cfg (the guidance scale) must be a number from 0 to 20"),
+        (["--tau", "1e-300"], "tau (the logit temperature) must be a number from 0.05 to 10"),
     ],
 )
 def test_bad_options_fail_with_one_sentence_and_write_nothing(tiny_artifacts, tmp_path, capsys, monkeypatch, extra, needle):

@@ -105,12 +105,20 @@ def test_tampering_one_byte_fails_full_verification_naming_the_file(export, rel)
                        f"(corrupted or modified); export again.")
 
 
-def test_truncation_fails_quick_verification(export):
+@pytest.mark.parametrize("mode", ["quick", "full"])
+@pytest.mark.parametrize("change", ["truncated", "grown"])
+def test_a_size_change_either_way_fails_verification(export, change, mode):
+    """Bug guarded against: a size check of `size < bytes` (or `>`) instead of `!=`, which lets
+    a file with bytes appended (or cut off) through quick verification, the default at start-up.
+    Explicit modes, so the test holds whichever mode is the default."""
     path = export / "onnx" / "weights.bin"
-    path.write_bytes(path.read_bytes()[:-1])
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] if change == "truncated" else data + b"\0")
     with pytest.raises(StagevarError, match="onnx/weights.bin") as exc:
-        load_manifest(export, verify="quick")
-    _single_sentence(exc)
+        load_manifest(export, verify=mode)
+    message = _single_sentence(exc)
+    size = len(data) - 1 if change == "truncated" else len(data) + 1
+    assert f"{size} bytes instead of {len(data)}" in message
 
 
 def test_deleting_a_listed_file_fails_verification(export):
@@ -249,3 +257,19 @@ def test_reports_are_not_listed_so_rewriting_them_keeps_the_export_valid(export)
     assert not [rel for rel in load_manifest(export).files if rel.startswith("reports/")]
     (reports / "check.json").write_text('{"ok": false, "rows": []}')
     load_manifest(export, verify="full")
+
+
+@pytest.mark.parametrize("rel", ["../outside.json", "/etc/passwd", "a/../../b", "", None, 7, "a\\..\\b", "./x"])
+def test_paths_the_manifest_names_must_stay_inside_the_export(export, rel):
+    """Bug guarded against: a path read from manifest.json (tokenizer, engine plan, plugin
+    library) used without the safe-relative-path check, so a tampered manifest could load a
+    file or a shared library from anywhere."""
+    m = load_manifest(export)
+    with pytest.raises(StagevarError, match="the tokenizer") as exc:
+        m.file_path(rel, "the tokenizer")
+    assert "not a relative path inside the export" in _single_sentence(exc)
+
+
+def test_a_safe_path_resolves_inside_the_export(export):
+    m = load_manifest(export)
+    assert m.file_path("tokenizer/tokenizer.json", "the tokenizer") == export / "tokenizer" / "tokenizer.json"

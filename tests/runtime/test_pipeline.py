@@ -120,7 +120,10 @@ def _logit_diffs(out, ref):
     return diffs
 
 
-CASES = [(plan, "0.25M") for plan in PLAN_PRESETS] + [("exact", "1M"), ("stagevar", "1M")]
+# The 1M cases (13 scales up to 64x64) take about a minute each on 2 cores and check the same
+# code paths as 0.25M at larger shapes: `slow`, run with -m slow.
+CASES = [(plan, "0.25M") for plan in PLAN_PRESETS] + [
+    pytest.param("exact", "1M", marks=pytest.mark.slow), pytest.param("stagevar", "1M", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("plan,resolution", CASES)
@@ -190,6 +193,85 @@ def test_kv_cache_is_one_buffer_per_request_written_in_place(pipe, monkeypatch, 
     compacted = any(m not in (Mode.CFG, Mode.SKIP) for m in modes)
     assert cache.rows == (2 if compacted else 4)  # 2 images: [cond; null] rows, or null rows only
     assert not np.isnan(cache.buffer.numpy()).any()
+
+
+class _BindingSpy:
+    """An IOBinding that remembers the address each output was bound to."""
+
+    def __init__(self, inner):
+        self.inner, self.output_ptrs = inner, {}
+
+    def bind_output(self, name, device, device_id, dtype, shape, ptr):
+        self.output_ptrs[name] = ptr
+        return self.inner.bind_output(name, device, device_id, dtype, shape, ptr)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class _StepSessionSpy:
+    """The step graph's session, recording for each run where ONNX Runtime wrote `new_kv` and
+    what the cache looked like right after the run, before the pipeline's `commit`."""
+
+    def __init__(self, inner, backend):
+        self.inner, self.backend, self.runs = inner, backend, []
+
+    def io_binding(self):
+        return _BindingSpy(self.inner.io_binding())
+
+    def run_with_iobinding(self, binding, *args):
+        self.inner.run_with_iobinding(binding.inner, *args)
+        binding.inner.synchronize_outputs()  # on CUDA: the writes are done before they are read
+        index = list(binding.output_ptrs).index("new_kv")
+        written = binding.inner.get_outputs()[index]  # the OrtValue ORT wrote new_kv into
+        cache = self.backend.last_kv_cache
+        count = written.shape()[0]
+        slot_values = cache.buffer.numpy()[cache.length:cache.length + count]
+        self.runs.append(dict(bound=binding.output_ptrs["new_kv"], written=written.data_ptr(),
+                              slot=cache.buffer.ptr + cache.length * cache.buffer.row_bytes,
+                              start=cache.length, count=count, slot_nan=bool(np.isnan(slot_values).any())))
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("ortvalues", [False, True], ids=["numpy", "ortvalue"])
+def test_onnxruntime_writes_new_kv_into_the_cache_slot_itself(pipe, monkeypatch, ortvalues):
+    """Bug guarded against: the step's new K/V bound to a scratch buffer and copied into the
+    slot at `commit` (counters and the NaN fill cannot tell). The address the IO binding writes
+    `new_kv` into must be the cache slot's, and the slot must hold the values as soon as the
+    run returns, before `commit`; on both buffer kinds (numpy on CPU, OrtValue as on CUDA)."""
+    monkeypatch.setattr(KVCache, "debug_fill", np.nan)
+    monkeypatch.setattr(pipe.backend, "use_ortvalues", ortvalues)
+    spy = _StepSessionSpy(pipe.backend.sessions["step"], pipe.backend)
+    monkeypatch.setitem(pipe.backend.sessions, "step", spy)
+    pipe("a cat", seed=0, plan="cfg-off", resolution="0.06M", num_images_per_prompt=2, output_type="np")
+    schedule = get_schedule("1:1", "0.06M")
+    assert [(r["start"], r["count"]) for r in spy.runs] == list(zip(schedule.offsets, schedule.token_counts))
+    for run in spy.runs:
+        assert run["bound"] == run["slot"] and run["written"] == run["slot"], run
+        assert not run["slot_nan"], run
+
+
+@pytest.mark.gpu
+def test_on_a_cuda_gpu_new_kv_is_written_into_the_cache_slot_and_images_match_cpu(artifacts, monkeypatch):
+    """The ORT CUDA path (onnxruntime-gpu, device="cuda"): the same slot-identity check as on CPU,
+    on device OrtValues, and the CPU image. Runs with -m gpu on a GPU host; there a missing CUDA
+    provider fails (it would otherwise hide the whole check). Images may differ where a bit's
+    sampling margin is below the GPU's float rounding, so most pixels, not all, must agree."""
+    import onnxruntime as ort
+
+    assert "CUDAExecutionProvider" in ort.get_available_providers(), "install onnxruntime-gpu (stagevar[gpu])"
+    gpu = Pipeline.from_dir(artifacts, device="cuda")
+    monkeypatch.setattr(KVCache, "debug_fill", np.nan)
+    spy = _StepSessionSpy(gpu.backend.sessions["step"], gpu.backend)
+    monkeypatch.setitem(gpu.backend.sessions, "step", spy)
+    out = gpu("a cat", seed=0, plan="cfg-off", resolution="0.06M", output_type="np")
+    assert type(gpu.backend.last_kv_cache.buffer.owner).__name__ == "OrtValue"
+    assert spy.runs and all(r["bound"] == r["slot"] == r["written"] and not r["slot_nan"] for r in spy.runs)
+    cpu = Pipeline.from_dir(artifacts)("a cat", seed=0, plan="cfg-off", resolution="0.06M", output_type="np")
+    assert out.images.shape == cpu.images.shape
+    assert np.mean(out.images == cpu.images) > 0.9
 
 
 def test_ortvalue_buffers_the_cuda_path_uses_give_the_same_image(pipe, monkeypatch):
@@ -263,6 +345,11 @@ def _one_sentence(exc_info) -> str:
     ({"seed": -1}, "Seed"),
     ({"seed": [1, 2]}, "seed"),
     ({"tau": 0.0}, "tau"),
+    # Out of the runtime's ranges (runtime/guidance.py): finite, yet NaN images before.
+    ({"tau": 1e-300}, "tau"),
+    ({"cfg": 1e30}, "cfg"),
+    ({"cfg": 10**400}, "cfg"),
+    ({"cfg": "3"}, "cfg"),
 ])
 def test_bad_call_arguments_raise_one_sentence(pipe, kwargs, words):
     with pytest.raises(StagevarError) as info:
@@ -314,3 +401,19 @@ def test_manifest_from_a_newer_stagevar_is_refused(artifacts, tmp_path):
     with pytest.raises(StagevarError) as info:
         Pipeline.from_dir(copy)
     assert "newer" in _one_sentence(info)
+
+
+def test_a_tokenizer_path_outside_the_export_is_refused(artifacts, tmp_path):
+    """Bug guarded against: the tokenizer path read from manifest.json without the safe-path
+    check (a tampered manifest could read any tokenizer.json on the machine)."""
+    copy = tmp_path / "art"
+    copy.mkdir()
+    (copy / "manifest.json").write_bytes((artifacts / "manifest.json").read_bytes())
+    elsewhere = tmp_path / "elsewhere.json"
+    shutil.copy(artifacts / json.loads((copy / "manifest.json").read_text())["tokenizer"]["path"], elsewhere)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["tokenizer"]["path"] = "../elsewhere.json"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StagevarError) as info:
+        Pipeline.from_dir(copy, verify=False)
+    assert "the tokenizer" in _one_sentence(info) and "inside the export" in str(info.value)

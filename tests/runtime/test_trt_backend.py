@@ -481,6 +481,25 @@ def test_plugin_library_is_checked_and_loaded(trt_export, gpu, tmp_path):
     assert "--plugins" in _one_sentence(info)
 
 
+@pytest.mark.parametrize("where", ["plugin", "plan"])
+def test_engine_and_plugin_paths_outside_the_export_are_refused_before_loading(trt_export, gpu, tmp_path, where):
+    """Bug guarded against: the plugin .so path or an engine plan path read from manifest.json
+    without the safe-relative-path check: a tampered manifest loads a library from anywhere."""
+    outside = tmp_path / "evil.so"
+    outside.write_bytes(b"not ours")
+    record = json.loads(json.dumps(trt_export.record))
+    escape = "../" * (len(trt_export.root.relative_to("/").parts) + 2) + str(outside).lstrip("/")
+    if where == "plugin":
+        record["plugins"] = {"file": escape, "sha256": sha256_file(outside)}
+    else:
+        record["graphs"][gio.STEP]["plan"] = str(outside)  # absolute
+    manifest = Manifest(trt_export.root, dict(trt_export.manifest.data, trt_builds=[record]))
+    with pytest.raises(StagevarError) as info:
+        TrtBackend(manifest, graphs=(gio.STEP,))
+    assert "not a relative path inside the export" in _one_sentence(info)
+    assert sys.modules["tensorrt"].loaded_libraries == []
+
+
 # ---- pure decisions ---------------------------------------------------------------------------------
 
 

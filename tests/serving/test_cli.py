@@ -10,12 +10,13 @@ from stagevar.serve.cli import entry
 def test_triton_writes_a_repository_with_the_options_given(tiny_artifacts, tmp_path, capsys):
     repo = tmp_path / "repo"
     code = entry(["triton", str(tiny_artifacts), "--repo", str(repo), "--kind", "gpu", "--instances", "2",
-                  "--max-batch", "1", "--plan", "exact", "--server-artifacts", "/models/tiny"])
+                  "--max-batch", "1", "--plan", "exact", "--server-artifacts", "/models/tiny",
+                  "--max-queue-size", "7"])
     assert code == 0
     config = (repo / "stagevar_pipeline" / "config.pbtxt").read_text()
     assert "kind: KIND_GPU" in config and "count: 2" in config and "max_batch_size: 1" in config
     assert 'string_value: "cuda"' in config and 'string_value: "/models/tiny"' in config
-    assert 'string_value: "exact"' in config
+    assert 'string_value: "exact"' in config and "max_queue_size: 7" in config
     assert (repo / "stagevar_pipeline" / "1" / "model.py").is_file()
     assert "tritonserver --model-repository" in capsys.readouterr().out
 
@@ -26,6 +27,8 @@ def test_triton_writes_a_repository_with_the_options_given(tiny_artifacts, tmp_p
     (["--resolution", "4M"], "4M"),
     (["--device", "cuda"], "--kind gpu"),
     (["--max-batch", "0"], "--max-batch"),
+    (["--max-queue-size", "0"], "--max-queue-size"),
+    (["--cfg", "1e30"], "cfg (the guidance scale)"),
     (["--model-name", "bad name"], "Model name"),
 ])
 def test_triton_bad_options_are_one_sentence_and_write_nothing(tiny_artifacts, tmp_path, capsys, extra, needle):

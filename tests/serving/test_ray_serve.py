@@ -75,6 +75,17 @@ def _exercise(url, handle, reference_image):
     assert json.loads(data) == {"error": "The prompt is empty; describe the image to generate."}
     status, _, data = post(url, b"{not json")
     assert status == 400 and "not JSON" in json.loads(data)["error"]
+    # Hostile bodies through the real proxy: one sentence each, never a 500 (issue 16).
+    for body, code, needle in [
+        (b'{"prompt": "' + b"x" * 200_000 + b'"}', 413, "over 65536 bytes"),
+        (b"[" * 20_000 + b"]" * 20_000, 400, "nests too deeply"),
+        (b'{"prompt": "x", "cfg": 1' + b"0" * 400 + b"}", 400, "cfg"),
+        (b'{"prompt": "a \\ud800 cat"}', 400, "lone surrogate"),
+        (b'{"prompt": "x", "tau": 1e-300}', 400, "tau"),
+    ]:
+        status, kind, data = post(url, body)
+        error = json.loads(data)["error"]
+        assert (status, kind) == (code, "application/json") and needle in error and len(error) < 300
 
     # 8 concurrent requests.
     results = concurrent_images(lambda i: image(url, prompt=f"prompt number {i}", seed=100 + i), 8, TIMEOUT_S)

@@ -161,3 +161,41 @@ def test_an_unexpected_exception_answers_every_request_of_the_batch(model, fake_
     assert all(r.error().code() == pb.TritonError.INTERNAL and "MemoryError" in r.error().message() for r in responses)
     (after,) = model.execute([make_request(pb, ["a red apple"], [3])])  # the instance carries on
     assert not after.has_error()
+
+
+def _zero_rows(pb):
+    return pb.InferenceRequest([pb.Tensor("PROMPT", np.zeros((0, 1), dtype=object)),
+                                pb.Tensor("SEED", np.zeros((0, 1), dtype=np.int64))])
+
+
+def test_a_zero_row_request_is_refused_alone(model, fake_pb_utils, reference_image):
+    """Bug guarded against: PROMPT/SEED of shape [0, 1] reaching np.stack([]), whose exception
+    the catch-all answered with INTERNAL for every request of the batch."""
+    pb = fake_pb_utils
+    responses = model.execute([make_request(pb, ["a red apple"], [3]), _zero_rows(pb),
+                               make_request(pb, ["a boat"], [5])])
+    error = responses[1].error()
+    assert error.code() == pb.TritonError.INVALID_ARG and "no rows" in error.message()
+    np.testing.assert_array_equal(image_of(pb, responses[0])[0], reference_image("a red apple", 3))
+    np.testing.assert_array_equal(image_of(pb, responses[2])[0], reference_image("a boat", 5))
+    (alone,) = model.execute([_zero_rows(pb)])
+    assert alone.error().code() == pb.TritonError.INVALID_ARG
+
+
+def test_a_request_mixing_aspect_templates_is_refused_before_generation(model, fake_pb_utils, monkeypatch):
+    """Bug guarded against: the rows of a mixed request generated in full (seconds of GPU time
+    each) and refused only when their images would not stack."""
+    pb = fake_pb_utils
+    real, seen = model.pipeline, []
+
+    def recording(prompts, **kwargs):
+        seen.extend(prompts)
+        return real(prompts, **kwargs)
+
+    monkeypatch.setattr(model, "pipeline", recording)
+    mixed = make_request(pb, ["wide one", "square one"], [1, 2], ASPECT=["2:1", "1:1"])
+    responses = model.execute([mixed, make_request(pb, ["a red apple"], [3])])
+    assert "different aspect ratios" in responses[0].error().message()
+    assert responses[0].error().code() == pb.TritonError.INVALID_ARG
+    assert not responses[1].has_error()
+    assert seen == ["a red apple"]  # the mixed request's rows never reached the pipeline

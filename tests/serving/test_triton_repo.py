@@ -18,7 +18,7 @@ VARIANTS = [
     dict(kind="gpu", backend="trt", max_batch=8, max_queue_delay_us=0, warmup=False, verify="full",
          server_artifacts='/models/with "quotes" and \\ backslash',
          defaults=RequestDefaults(plan="exact", aspect="16:9", cfg=4.0, tau=0.5, resolution="0.25M")),
-    dict(model_name="infinity-2b.v1", kind="cpu", instances=3, max_batch=2),
+    dict(model_name="infinity-2b.v1", kind="cpu", instances=3, max_batch=2, max_queue_size=5),
 ]
 
 
@@ -35,6 +35,7 @@ def test_every_generated_config_parses_with_tritons_schema(tiny_artifacts, tmp_p
     assert parsed.backend == "python" and parsed.platform == ""
     assert parsed.max_batch_size == cfg.max_batch
     assert parsed.dynamic_batching.max_queue_delay_microseconds == cfg.max_queue_delay_us
+    assert parsed.dynamic_batching.default_queue_policy.max_queue_size == cfg.max_queue_size
     (group,) = parsed.instance_group
     kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if cfg.kind == "gpu" else model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert group.kind == kind and group.count == cfg.instances
@@ -88,6 +89,7 @@ def test_existing_model_is_kept_unless_forced(tiny_artifacts, tmp_path):
     (dict(kind="tpu"), "--kind"),
     (dict(instances=0), "--instances"),
     (dict(max_batch=0), "--max-batch"),
+    (dict(max_queue_size=0), "--max-queue-size"),
     (dict(device="cuda"), "--kind gpu"),
     (dict(backend="tensorflow"), "--backend"),
     (dict(model_name="my model"), "Model name"),
@@ -108,3 +110,13 @@ def test_a_folder_that_is_not_an_export_is_refused(tmp_path):
     with pytest.raises(StagevarError, match="does not exist"):
         write_triton_repo(TritonRepoConfig(tmp_path / "missing"), tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("size", [None, 3])
+def test_the_triton_queue_is_bounded(tiny_artifacts, size):
+    """Bug guarded against: a dynamic batcher without max_queue_size, whose queue grows without
+    bound while every instance is busy (Triton's default). Default 64, configurable."""
+    options = {} if size is None else {"max_queue_size": size}
+    text = config_pbtxt(TritonRepoConfig(Path(tiny_artifacts), **options), "0" * 64)
+    (batching,) = re.findall(r"^dynamic_batching \{.*\}$", text, flags=re.M)
+    assert f"default_queue_policy {{ max_queue_size: {size or 64} }}" in batching
