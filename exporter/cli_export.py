@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default="1M", help=f"one of {', '.join(RESOLUTIONS)} (default 1M)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="graph precision (default fp32)")
     p.add_argument("--alpha", default="0.96", help="StageVAR rank-table energy threshold (default 0.96)")
+    p.add_argument("--attention", default="fused", choices=("fused", "decomposed"),
+                   help="self-attention as one ONNX Attention node at opset 23 (fused, default) or MatMul/Softmax/MatMul "
+                        "at opset 20 (decomposed: for TensorRT older than 10.14)")
     p.add_argument("--batch", type=int, default=1, help="images per request the engine profiles are built for")
     p.add_argument("--out", help="output folder (default ./stagevar-artifacts/<model>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
         export_artifacts(
             bundle, out, aspects=aspects, resolution=args.resolution, precision=args.precision,
-            alpha=args.alpha, batch=args.batch, force=args.force,
+            alpha=args.alpha, batch=args.batch, force=args.force, attention=args.attention,
             progress=lambda phase, detail: progress.phase(detail if phase == "export" else phase),
         )
         progress.close()

@@ -16,7 +16,7 @@ from stagevar.runtime.stage_plan import PLAN_PRESETS, Mode, make_plan
 
 from ..artifact_dir import staged_output
 from ..graph_spec import graph_io_spec
-from ..onnx_export import DEFAULT_OPSET
+from ..attention_form import DEFAULT_ATTENTION, AttentionSpec, attention_export, check_form, query_chunks_for
 from ..onnx_io import SharedWeightsWriter
 from .export_transformer import WEIGHTS_NAME, export_cond_and_step, finish_fidelity_export, start_fidelity_export
 from .graph_text_encoder import export_text_encoder
@@ -75,7 +75,19 @@ def scale_entries(bundle: InfinityBundle, aspects: Sequence[str], resolution: st
     return entries
 
 
-def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, precision, alpha, batch, timings) -> dict:
+def attention_spec(bundle: InfinityBundle, form: str, aspects: Sequence[str], resolution: str, batch: int) -> AttentionSpec:
+    """The attention form with its query chunking, sized by the largest CFG scale of any aspect."""
+    check_form(form)
+    cfg = bundle.preset.transformer
+    chunks = 1
+    for aspect in aspects:
+        tokens = get_schedule(aspect, resolution).token_counts
+        chunks = max(chunks, query_chunks_for(2 * batch, cfg.num_heads, max(tokens), sum(tokens)))
+    return AttentionSpec(form, chunks if form == "fused" else 1)
+
+
+def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, precision, alpha, batch, timings,
+                   attention: AttentionSpec | None = None) -> dict:
     preset = bundle.preset
     cfg = preset.transformer
     schedules = {}
@@ -100,7 +112,8 @@ def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, pr
             "weights": bundle.provenance,
         },
         "precision": precision,
-        "opset": DEFAULT_OPSET,
+        "opset": (attention or AttentionSpec()).opset,
+        "attention": (attention or AttentionSpec()).manifest_entry(),
         "tools": _tool_versions(),
         "tokenizer": {"path": "tokenizer/tokenizer.json", "max_length": bundle.max_text_tokens},
         "resolution": resolution,
@@ -126,6 +139,7 @@ def export_artifacts(
     batch: int = 1,
     force: bool = False,
     progress: Progress | None = None,
+    attention: str = DEFAULT_ATTENTION,
 ) -> Path:
     """Export every graph, the tokenizer and the manifest into `out_dir` (written last, atomically)."""
     from stagevar.runtime.errors import StagevarError
@@ -136,10 +150,11 @@ def export_artifacts(
         raise StagevarError("--batch must be at least 1.")
     alpha = canonical_alpha(alpha)
     aspects = [get_schedule(a, resolution).aspect_name for a in aspects]  # validates early
+    spec = attention_spec(bundle, attention, aspects, resolution, batch)
     report = progress or (lambda phase, detail: None)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
-    with staged_output(out_dir, force=force) as stage:
+    with staged_output(out_dir, force=force) as stage, attention_export(spec):
         onnx_dir = stage / "onnx"
         onnx_dir.mkdir()
         graphs: dict[str, dict] = {}
@@ -173,5 +188,5 @@ def export_artifacts(
         (stage / "tokenizer").mkdir()
         bundle.tokenizer.save(str(stage / "tokenizer" / "tokenizer.json"))
         report("manifest", "hashing files")
-        write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings))
+        write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings, spec))
     return out_dir
