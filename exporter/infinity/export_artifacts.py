@@ -150,11 +150,11 @@ def export_artifacts(
         raise StagevarError("--batch must be at least 1.")
     alpha = canonical_alpha(alpha)
     aspects = [get_schedule(a, resolution).aspect_name for a in aspects]  # validates early
-    spec = attention_spec(bundle, attention, aspects, resolution, batch)
+    form = attention_spec(bundle, attention, aspects, resolution, batch)
     report = progress or (lambda phase, detail: None)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
-    with staged_output(out_dir, force=force) as stage, attention_export(spec):
+    with staged_output(out_dir, force=force) as stage, attention_export(form):
         onnx_dir = stage / "onnx"
         onnx_dir.mkdir()
         graphs: dict[str, dict] = {}
@@ -188,5 +188,5 @@ def export_artifacts(
         (stage / "tokenizer").mkdir()
         bundle.tokenizer.save(str(stage / "tokenizer" / "tokenizer.json"))
         report("manifest", "hashing files")
-        write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings, spec))
+        write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings, form))
     return out_dir
