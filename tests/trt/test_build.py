@@ -270,3 +270,28 @@ def test_engine_options_are_checked_before_exporting(tmp_path, capsys):
     assert export_entry(["--out", str(out), "--engine", "trt", "--plugins", str(tmp_path / "x.so")]) == 2
     assert "is not a file" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fused_attention_on_a_tensorrt_before_10_14_is_refused_before_building(export_copy, fake_toolchain):
+    """Guards: handing ONNX `Attention` nodes to a TensorRT whose parser lacks the op (a parse
+    error deep in the build, after minutes), instead of one sentence saying how to re-export."""
+    before = _snapshot(export_copy)
+    toolchain = fake_toolchain(trt_version="10.9.0.34")
+    with pytest.raises(StagevarError, match="--attention decomposed") as info:
+        _build(export_copy, toolchain)
+    assert "TensorRT 10.9.0.34" in str(info.value) and "\n" not in str(info.value)
+    assert toolchain.built == [] and _snapshot(export_copy) == before
+
+
+def test_attention_support_by_form_and_version():
+    """Guards: the version comparison (10.14 vs 10.9 as strings), and old exports without a record."""
+    from stagevar.exporter.trt.build import check_attention_support
+
+    fused = {"attention": {"form": "fused"}}
+    for ok in ("10.14.0.1", "10.15", "11.0.0"):
+        check_attention_support(fused, ok, Path("x"))
+    for old in ("10.9.0.34", "10.13.9", "8.6.1"):
+        with pytest.raises(StagevarError):
+            check_attention_support(fused, old, Path("x"))
+    check_attention_support({"attention": {"form": "decomposed"}}, "10.3.0", Path("x"))
+    check_attention_support({}, "10.3.0", Path("x"))  # exported before the attention forms existed
