@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plans", default=",".join(PLANS), help="comma-separated plans (default exact,stagevar)")
     p.add_argument("--runs", type=int, default=5, help="measured calls per scale after one warm-up (default 5)")
     p.add_argument("--budget-s", type=float, default=480.0, help="stop starting new steps after this many seconds")
-    p.add_argument("--skip", default="", help="comma-separated steps to skip: torch, plugin")
+    p.add_argument("--skip", default="", help="comma-separated steps to skip: ort, torch, plugin (all three: export only)")
     p.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)  # tests: ORT CPU on --artifacts
     return p
 
@@ -69,8 +69,8 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], set[str]]:
     if args.budget_s <= 0:
         raise StagevarError("--budget-s must be positive.")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if skip - {"torch", "plugin"}:
-        raise StagevarError(f"--skip {args.skip!r}: only torch and plugin can be skipped.")
+    if skip - {"ort", "torch", "plugin"}:
+        raise StagevarError(f"--skip {args.skip!r}: only ort, torch and plugin can be skipped.")
     if args.allow_cpu and not args.artifacts:
         raise StagevarError("--allow-cpu needs --artifacts DIR (it only runs the ONNX Runtime timing on the CPU).")
     if args.artifacts and not (Path(args.artifacts) / "manifest.json").is_file():
@@ -217,8 +217,9 @@ def time_ort(root: Path, data: dict, plans: list[str], runs: int, providers: lis
             session = sessions[w["graph"]]
             feeds = make_feeds(data, w["graph"], w["profile"])
             binding = session.io_binding()
-            for name, value in feeds.items():
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, device, 0))
+            values = {name: ort.OrtValue.ortvalue_from_numpy(value, device, 0) for name, value in feeds.items()}
+            for name, value in values.items():  # `values` keeps the device copies alive for the runs
+                binding.bind_ortvalue_input(name, value)
             for out in session.get_outputs():
                 binding.bind_output(out.name, device)
             times = []
@@ -373,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     report["export"].update({"preset": data["model"]["preset"], "precision": data["precision"],
                              "attention": data.get("attention"), "opset": data.get("opset")})
     write_report(report, out)
-    if providers and step("onnxruntime per-scale latency", 30):
+    if "ort" in skip:
+        report["skipped"].append("onnxruntime: skipped by --skip")
+    elif providers and step("onnxruntime per-scale latency", 30):
         report["latency"]["ort"], report["peak_gpu_memory_mb"]["ort"] = time_ort(root, data, plans, args.runs, providers)
         write_report(report, out)
     if "torch" in skip or args.allow_cpu:

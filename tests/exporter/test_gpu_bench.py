@@ -106,3 +106,22 @@ def test_schema_check_rejects_broken_reports(cpu_report, breakage):
         bad["latency"]["tensorrt"] = {}
     with pytest.raises(ValueError):
         gpu_bench.validate_report(bad)
+
+
+def test_the_shell_script_refuses_without_a_gpu(tmp_path):
+    """Guards: the wrapper failing before the Python refusal (a broken package tree or wheel
+    step), or exporting anyway. Needs a machine without a CUDA GPU."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if gpu_bench.gpu_info() is not None:
+        pytest.skip("this machine has a GPU; the script would run")
+    repo = Path(gpu_bench.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHON=sys.executable, STAGEVAR_SCRATCH=str(tmp_path / "scratch"))
+    done = subprocess.run([str(repo / "scripts" / "gpu_bench.sh"), str(tmp_path / "r.json")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: No CUDA GPU")
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "scratch" / "work").exists()
