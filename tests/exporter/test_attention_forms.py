@@ -89,9 +89,10 @@ class _ReplayOnDecomposed(OrtBackend):
         for name, a in got.items():
             a, b = np.asarray(a, np.float64), np.asarray(want[name], np.float64)
             assert a.shape == b.shape, (graph, name)
-            diff = float(np.max(np.abs(a - b), initial=0.0))
+            diff_all = np.where(a == b, 0.0, np.abs(a - b))  # equal infinities (text_bias's -inf) are equal
+            diff = float(np.max(diff_all, initial=0.0))
             self.worst = max(self.worst, diff)
-            assert np.all(np.abs(a - b) <= self.tolerance(b)), f"{graph}.{name}: fused and decomposed differ by {diff:.2e}"
+            assert np.all(diff_all <= self.tolerance(b)), f"{graph}.{name}: fused and decomposed differ by {diff:.2e}"
         self.compared[graph] = self.compared.get(graph, 0) + 1
 
     def run_plain(self, graph, feeds):
@@ -118,7 +119,7 @@ def test_fused_and_decomposed_give_the_same_outputs_teacher_forced_on_every_plan
     tokenizer = load_tokenizer_json(tiny_artifacts / fused_manifest.data["tokenizer"]["path"])
     pipe = Pipeline(fused_manifest, backend, tokenizer)
     pipe(["a red apple", "a lighthouse at dusk"], seed=3, plan=plan, aspect="2:1", resolution="0.25M", output_type="np")
-    pipe("a red fox", seed=1, plan=plan, aspect="1:1", resolution="1M", output_type="np")
+    pipe("a red fox", seed=1, plan=plan, aspect="1:1", resolution="0.60M", output_type="np")
     assert backend.compared.get(gio.STEP, 0) > 0 and backend.compared[gio.VAE_DECODER] == 2
     if plan in ("stagevar", "stagevar-full"):
         assert backend.compared.get(gio.FIDELITY, 0) > 0
