@@ -15,9 +15,10 @@ from collections.abc import Sequence
 import torch
 
 from stagevar.runtime.bench import (
-    DEFAULT_PROMPT, Progress, add_speedups, check_counts, measure, peak_rss_mb, resolve_plans, summarize,
+    DEFAULT_PROMPT, Progress, add_speedups, check_counts, measure, resolve_plans, summarize,
 )
 from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.memory_stats import PeakRss
 from stagevar.runtime.schedules import get_schedule
 from stagevar.runtime.stage_plan import DEFAULT_ALPHA, StagePlan
 
@@ -87,10 +88,13 @@ def benchmark_torch(
         return timings
 
     entries = {}
+    peak = PeakRss()
     for plan in resolved:
         say(f"torch {plan.name}: 1 cold + {warmup} warmup + {runs} measured")
+        peak.start()
         cold, measured = measure(lambda: call(plan), runs, warmup)
         entries[plan.name] = summarize(cold, measured, plan, schedule)
+        entries[plan.name]["peak_rss_mb"] = peak.peak_mb()
         say(f"torch {plan.name}: p50 {entries[plan.name]['p50']['total']:.3f} s")
     report = {
         "settings": {"prompt": prompt, "seed": seed, "aspect": schedule.aspect_name, "resolution": resolution,
@@ -101,7 +105,7 @@ def benchmark_torch(
         "machine": {"torch": torch.__version__, "torch_threads": torch.get_num_threads()},
     }
     add_speedups(report)
-    # Process-wide peak: includes whatever ran earlier in this process (the ORT benchmark).
-    report["peak_rss_mb"] = peak_rss_mb()
+    # Peak over the torch plans (and the process peak before them: the ORT benchmark's last plan).
+    report["peak_rss_mb"] = peak.overall_mb()
     return report
 

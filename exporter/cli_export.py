@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plans", default=None,
                    help="comma-separated plans to record (default: every plan this model can run; low-rank plans "
                         "need a rank table: the released one fits 8-chunk models, others run `calibrate` first)")
+    p.add_argument("--attention", default="fused", choices=("fused", "decomposed"),
+                   help="self-attention as one ONNX Attention node at opset 23 (fused, default) or MatMul/Softmax/MatMul "
+                        "at opset 20 (decomposed: for TensorRT older than 10.14)")
     p.add_argument("--batch", type=int, default=1, help="images per request the engine profiles are built for")
     p.add_argument("--out", help="output folder (default ./stagevar-artifacts/<model>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
         export_artifacts(
             bundle, out, aspects=aspects, resolution=args.resolution, precision=args.precision,
-            alpha=args.alpha, batch=args.batch, force=args.force, plans=plans,
+            alpha=args.alpha, batch=args.batch, force=args.force, plans=plans, attention=args.attention,
             progress=lambda phase, detail: progress.phase(detail if phase == "export" else phase),
         )
         progress.close()

@@ -1,4 +1,4 @@
-"""Tracing torch graph wrappers to ONNX with the dynamo exporter (opset 20 by default)."""
+"""Tracing torch graph wrappers to ONNX with the dynamo exporter (the opset of the attention form in effect)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .attention_form import current_opset
 from .token_restore_op import onnx_translations
-
-DEFAULT_OPSET = 20
 
 
 @contextlib.contextmanager
@@ -52,7 +51,7 @@ def export_program(
     input_names: Sequence[str],
     output_names: Sequence[str],
     dynamic_axes: dict[str, dict[int, str | tuple[str, int, int]]],
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     optimize: bool = True,
 ):
     """Trace `module` with torch.export and translate to ONNX; returns the ONNXProgram.
@@ -60,7 +59,9 @@ def export_program(
     `dynamic_axes` maps input names to {axis: symbolic name or (name, min, max)}; equal names
     share one dimension.
     Example inputs must have sizes >= 2 on every dynamic axis (torch.export specialises 0 and 1).
+    `opset` defaults to that of the attention form being exported (exporter/attention_form.py).
     """
+    opset = current_opset() if opset is None else opset
     dims: dict[str, torch.export.Dim] = {}
     # Positional (not keyed by argument name) so that *args wrappers work too.
     shapes = []

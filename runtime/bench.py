@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .errors import StagevarError
+from .memory_stats import PeakRss
 from .schedules import ScaleSchedule, get_schedule
 from .stage_plan import StagePlan, make_plan
 
@@ -177,13 +178,17 @@ def benchmark_pipeline(
     say = progress or (lambda message: None)
     machine = machine_info()  # load average before the runs; "load_avg_end" after them
     entries = {}
+    peak = PeakRss()
     for plan in resolved:
         say(f"{plan.name}: 1 cold + {warmup} warmup + {runs} measured")
         t0 = time.perf_counter()
+        peak.start()
         cold, measured = measure(lambda: pipe(prompt, seed=seed, plan=plan, aspect=aspect, resolution=resolution,
                                               output_type="np", progress=scale_progress).timings, runs, warmup)
         entries[plan.name] = summarize(cold, measured, plan, schedule)
         entries[plan.name]["rank_table"] = plan.rank_table  # released / calibrated (date), None without LOWRANK
+        # Highest RSS while this plan ran (loaded sessions included): see runtime/memory_stats.py.
+        entries[plan.name]["peak_rss_mb"] = peak.peak_mb()
         say(f"{plan.name}: p50 {entries[plan.name]['p50']['total']:.3f} s ({time.perf_counter() - t0:.1f} s)")
     model = manifest.data.get("model", {})
     report = {
@@ -199,7 +204,8 @@ def benchmark_pipeline(
         "machine": machine,
     }
     add_speedups(report)
-    report["peak_rss_mb"] = peak_rss_mb()
+    report["peak_rss_mb"] = peak.overall_mb()  # the whole run (peak_rss_mb() was reset per plan)
+    report["peak_rss_method"] = peak.method
     report["machine"]["load_avg_end"] = machine_info().get("load_avg")
     return report
 
@@ -218,7 +224,7 @@ def _plan_table(report: dict, label: str) -> str:
     speedup = report.get("speedup", {})
     vs_torch = report.get("ort_vs_torch", {})
     head = ["plan", "cold s", "p50 s", "p90 s", "tokens", f"speedup (vs {report.get('speedup_baseline', '-')})",
-            "overhead %"]
+            "overhead %", "peak RSS MB"]
     if vs_torch:
         head.append("speedup vs torch")  # torch p50 / ours: > 1 means the export is faster
     rows = [head]
@@ -226,7 +232,8 @@ def _plan_table(report: dict, label: str) -> str:
         share = e.get("overhead_share")
         row = [f"{label}{name}", f"{e['cold']['total']:.3f}", f"{e['p50']['total']:.3f}", f"{e['p90']['total']:.3f}",
                f"{e['tokens']:.0f}", f"{speedup[name]:.2f}x" if name in speedup else "-",
-               f"{100 * share:.1f}" if share is not None else "-"]
+               f"{100 * share:.1f}" if share is not None else "-",
+               f"{e['peak_rss_mb']:.0f}" if e.get("peak_rss_mb") is not None else "-"]
         if vs_torch:
             row.append(f"{vs_torch[name]:.2f}x" if name in vs_torch else "-")
         rows.append(row)

@@ -118,7 +118,7 @@ class TextAttentivePool(nn.Module):
         kv = F.linear(feats_BTC, self.mat_kv.weight, bias).view(B, T, 2, self.num_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         q = self.mat_q.unsqueeze(2).expand(B, -1, -1, -1)  # (B, H, 1, d)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_bias_B11T, scale=1.0 / math.sqrt(self.head_dim))
+        out = attend(q, k, v, text_bias_B11T, scale=1.0 / math.sqrt(self.head_dim))
         return self.proj(out.transpose(1, 2).reshape(B, -1))
 
 

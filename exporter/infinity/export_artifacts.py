@@ -17,7 +17,7 @@ from stagevar.runtime.stage_plan import PLAN_PRESETS, Mode, make_plan, runnable_
 
 from ..artifact_dir import staged_output
 from ..graph_spec import graph_io_spec
-from ..onnx_export import DEFAULT_OPSET
+from ..attention_form import DEFAULT_ATTENTION, AttentionSpec, attention_export, check_form, query_chunks_for
 from ..onnx_io import SharedWeightsWriter
 from .export_transformer import WEIGHTS_NAME, export_cond_and_step, finish_fidelity_export, start_fidelity_export
 from .graph_text_encoder import export_text_encoder
@@ -98,8 +98,19 @@ def check_plans(num_chunks: int, aspects: Sequence[str], resolution: str, alpha:
     return tuple(plans)
 
 
+def attention_spec(bundle: InfinityBundle, form: str, aspects: Sequence[str], resolution: str, batch: int) -> AttentionSpec:
+    """The attention form with its query chunking, sized by the largest CFG scale of any aspect."""
+    check_form(form)
+    cfg = bundle.preset.transformer
+    chunks = 1
+    for aspect in aspects:
+        tokens = get_schedule(aspect, resolution).token_counts
+        chunks = max(chunks, query_chunks_for(2 * batch, cfg.num_heads, max(tokens), sum(tokens)))
+    return AttentionSpec(form, chunks if form == "fused" else 1)
+
+
 def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, precision, alpha, batch, timings,
-                   plans: Sequence[str] | None = None) -> dict:
+                   attention: AttentionSpec | None = None, plans: Sequence[str] | None = None) -> dict:
     preset = bundle.preset
     cfg = preset.transformer
     table = table_for_chunks(cfg.block_chunks)
@@ -128,7 +139,8 @@ def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, pr
             **({"checkpoint_paths": bundle.paths} if bundle.paths else {}),
         },
         "precision": precision,
-        "opset": DEFAULT_OPSET,
+        "opset": (attention or AttentionSpec()).opset,
+        "attention": (attention or AttentionSpec()).manifest_entry(),
         "tools": _tool_versions(),
         "tokenizer": {"path": "tokenizer/tokenizer.json", "max_length": bundle.max_text_tokens},
         "resolution": resolution,
@@ -156,6 +168,7 @@ def export_artifacts(
     force: bool = False,
     progress: Progress | None = None,
     plans: Sequence[str] | None = None,
+    attention: str = DEFAULT_ATTENTION,
 ) -> Path:
     """Export every graph, the tokenizer and the manifest into `out_dir` (written last, atomically)."""
     from stagevar.runtime.errors import StagevarError
@@ -168,10 +181,11 @@ def export_artifacts(
     aspects = [get_schedule(a, resolution).aspect_name for a in aspects]  # validates early
     # Plans this model cannot run (low-rank without a table) are refused here, before any tracing.
     plans = check_plans(bundle.preset.transformer.block_chunks, aspects, resolution, alpha, plans)
+    form = attention_spec(bundle, attention, aspects, resolution, batch)
     report = progress or (lambda phase, detail: None)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
-    with staged_output(out_dir, force=force) as stage:
+    with staged_output(out_dir, force=force) as stage, attention_export(form):
         onnx_dir = stage / "onnx"
         onnx_dir.mkdir()
         graphs: dict[str, dict] = {}
@@ -205,5 +219,6 @@ def export_artifacts(
         (stage / "tokenizer").mkdir()
         bundle.tokenizer.save(str(stage / "tokenizer" / "tokenizer.json"))
         report("manifest", "hashing files")
-        write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings, plans))
+        write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings, form,
+                                             plans))
     return out_dir

@@ -28,6 +28,7 @@ from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
 
 from ..artifact_dir import staged_output
+from ..attention_form import DECOMPOSED, FUSED, TRT_MIN_FOR_FUSED
 from ..progress import PhaseProgress
 from .profiles import ProfileSpec, all_profiles
 from .toolchain import PlanRequest, Toolchain, load_toolchain
@@ -91,6 +92,7 @@ def build_engines(root: str | os.PathLike, options: BuildOptions, toolchain: Too
     toolchain = toolchain or load_toolchain(root)
     gpu = toolchain.gpu()
     version, cc = toolchain.trt_version, normalize_cc(gpu.compute_capability)
+    check_attention_support(data, version, root)
     plugin = _plugin_entry(options.plugins)
     if options.plugins is not None:
         toolchain.load_plugins(options.plugins)
@@ -170,6 +172,20 @@ def build_engines(root: str | os.PathLike, options: BuildOptions, toolchain: Too
         progress.close()
     write_manifest(root, _with_record(data, record))
     return result
+
+
+def check_attention_support(data: dict, trt_version: str, root: Path) -> None:
+    """Refuse, before any work, fused `Attention` graphs on a TensorRT whose parser lacks the op.
+
+    Exports from before the attention forms existed have no "attention" record: decomposed.
+    """
+    form = (data.get("attention") or {}).get("form", DECOMPOSED)
+    parts = tuple(int(p) for p in (trt_version.split(".") + ["0", "0"])[:2] if p.isdigit())
+    if form == FUSED and parts < TRT_MIN_FOR_FUSED:
+        need = ".".join(map(str, TRT_MIN_FOR_FUSED))
+        raise StagevarError(f"The graphs in {root} carry fused ONNX Attention nodes, which TensorRT {trt_version} "
+                            f"cannot parse (it needs {need} or newer); re-export with "
+                            f"`stagevar-export --attention decomposed` for this TensorRT.")
 
 
 def record_check(root: str | os.PathLike, record: dict, ok: bool, report_rel: str) -> None:

@@ -49,7 +49,7 @@ def test_manifest_records_model_schedules_ranks_and_per_scale_entries(tiny_artif
     data = json.loads((tiny_artifacts / "manifest.json").read_text())
     assert data["model"]["preset"] == "infinity-tiny" and data["model"]["random_init"] is True
     assert data["model"]["weights"] == {"random_init": 0}
-    assert data["precision"] == "fp32" and data["opset"] == 20
+    assert data["precision"] == "fp32" and data["opset"] == 23 and data["attention"]["form"] == "fused"
     assert set(data["aspects"]) == {"1:1", "2:1"}
     assert data["schedules"]["1:1"]["scales"][-1] == [64, 64]
     assert len(data["rank_table"]["ratios"]) == 3

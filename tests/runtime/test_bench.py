@@ -50,6 +50,14 @@ def test_report_has_every_plan_stage_and_scale(report):
     assert report["peak_rss_mb"] > 0
 
 
+def test_every_plan_has_its_own_peak_rss_within_the_run_peak(report):
+    """Guards: the peak-RSS figure missing from a plan's JSON entry, or larger than the run's."""
+    for name, entry_ in report["plans"].items():
+        assert 0 < entry_["peak_rss_mb"] <= report["peak_rss_mb"] + 1, name
+    assert report["peak_rss_method"] in ("vmhwm-reset", "process-peak")
+    assert "peak RSS MB" in format_table(report)
+
+
 def test_one_run_gives_equal_percentiles(report):
     for entry_ in report["plans"].values():
         for stage in STAGES:

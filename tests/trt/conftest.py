@@ -18,7 +18,7 @@ from stagevar.runtime.errors import StagevarError
 
 
 class FakeToolchain:
-    def __init__(self, trt_version: str = "10.9.0.34", cc: str = "9.0", fail_on: str | None = None,
+    def __init__(self, trt_version: str = "10.14.1.48", cc: str = "9.0", fail_on: str | None = None,
                  interrupt_on: str | None = None, plugin_layers: int | None = None):
         self.trt_version = trt_version
         self.cc = cc

@@ -21,7 +21,7 @@ from stagevar.runtime.engine_cache import select_engine_build
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.manifest import file_digests, load_manifest, sha256_file, write_manifest
 
-DIR = "engines/trt10.9.0-sm90"
+DIR = "engines/trt10.14.1-sm90"  # the fake's default TensorRT (fused Attention needs >= 10.14)
 
 
 def _snapshot(root: Path) -> dict:
@@ -40,7 +40,7 @@ def test_a_build_records_every_graph_with_digests_keys_and_profiles(export_copy,
     assert result.built == list(gio.GRAPHS) and result.changed
     manifest = load_manifest(export_copy, verify="full")  # every new file is listed and matches
     (record,) = manifest.data["trt_builds"]
-    assert record["dir"] == DIR and record["tensorrt"] == "10.9.0.34" and record["compute_capability"] == "9.0"
+    assert record["dir"] == DIR and record["tensorrt"] == "10.14.1.48" and record["compute_capability"] == "9.0"
     assert record["device_name"] == "Fake GPU" and record["plugins"] is None
     assert record["flags"] == {"optimization_level": 3, "workspace_bytes": None, "strongly_typed": True}
     assert record["timing_cache"] == f"{DIR}/timing.cache" and record["timing_cache"] in manifest.files
@@ -53,9 +53,9 @@ def test_a_build_records_every_graph_with_digests_keys_and_profiles(export_copy,
         assert g["weights_sha256"] == manifest.files[manifest.graphs[graph]["weights"]]["sha256"]
         assert g["profiles"] == [p.to_json() for p in profiles[graph]] and len(g["key"]) == 64
         assert graph in record["built_seconds"]
-    assert select_engine_build(manifest, "10.9.0.1", "9.0") == record
+    assert select_engine_build(manifest, "10.14.1.1", "9.0") == record
     # Nothing else left behind: no hidden partial folder, no Polygraphy lock file.
-    assert sorted(p.name for p in (export_copy / "engines").iterdir()) == ["trt10.9.0-sm90"]
+    assert sorted(p.name for p in (export_copy / "engines").iterdir()) == ["trt10.14.1-sm90"]
     assert not list((export_copy / DIR).glob("*.lock"))
     # Progress lines per engine and phase.
     assert tool.phases[:3] == ["text_encoder: parse", "text_encoder: build", "text_encoder: serialize"]
@@ -148,13 +148,13 @@ def test_a_plugin_that_parses_to_no_plugin_layers_is_refused(export_copy, fake_t
 
 def test_another_tensorrt_version_adds_a_second_build(export_copy, fake_toolchain):
     _build(export_copy, fake_toolchain())
-    _build(export_copy, fake_toolchain(trt_version="10.3.0.26", cc="8.9"))
+    _build(export_copy, fake_toolchain(trt_version="10.15.0.26", cc="8.9"))
     manifest = load_manifest(export_copy, verify="full")
     dirs = [b["dir"] for b in manifest.data["trt_builds"]]
-    assert dirs == [DIR, "engines/trt10.3.0-sm89"]
-    assert select_engine_build(manifest, "10.3.0.26", "8.9")["dir"] == "engines/trt10.3.0-sm89"
-    with pytest.raises(StagevarError, match="sm_90 and with TensorRT 10.3.0 for sm_89"):
-        select_engine_build(manifest, "10.9.0.34", "8.0")
+    assert dirs == [DIR, "engines/trt10.15.0-sm89"]
+    assert select_engine_build(manifest, "10.15.0.26", "8.9")["dir"] == "engines/trt10.15.0-sm89"
+    with pytest.raises(StagevarError, match="sm_90 and with TensorRT 10.15.0 for sm_89"):
+        select_engine_build(manifest, "10.14.1.34", "8.0")
 
 
 @pytest.mark.parametrize("how", ["error", "interrupt"])
@@ -270,3 +270,28 @@ def test_engine_options_are_checked_before_exporting(tmp_path, capsys):
     assert export_entry(["--out", str(out), "--engine", "trt", "--plugins", str(tmp_path / "x.so")]) == 2
     assert "is not a file" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fused_attention_on_a_tensorrt_before_10_14_is_refused_before_building(export_copy, fake_toolchain):
+    """Guards: handing ONNX `Attention` nodes to a TensorRT whose parser lacks the op (a parse
+    error deep in the build, after minutes), instead of one sentence saying how to re-export."""
+    before = _snapshot(export_copy)
+    toolchain = fake_toolchain(trt_version="10.9.0.34")
+    with pytest.raises(StagevarError, match="--attention decomposed") as info:
+        _build(export_copy, toolchain)
+    assert "TensorRT 10.9.0.34" in str(info.value) and "\n" not in str(info.value)
+    assert toolchain.built == [] and _snapshot(export_copy) == before
+
+
+def test_attention_support_by_form_and_version():
+    """Guards: the version comparison (10.14 vs 10.9 as strings), and old exports without a record."""
+    from stagevar.exporter.trt.build import check_attention_support
+
+    fused = {"attention": {"form": "fused"}}
+    for ok in ("10.14.0.1", "10.15", "11.0.0"):
+        check_attention_support(fused, ok, Path("x"))
+    for old in ("10.9.0.34", "10.13.9", "8.6.1"):
+        with pytest.raises(StagevarError):
+            check_attention_support(fused, old, Path("x"))
+    check_attention_support({"attention": {"form": "decomposed"}}, "10.3.0", Path("x"))
+    check_attention_support({}, "10.3.0", Path("x"))  # exported before the attention forms existed
