@@ -16,7 +16,7 @@ cast back to fp16 between nodes the interior is at least as accurate as before.
 from __future__ import annotations
 
 _SUFFIX = ".fp32"
-_UNREADABLE_OFFSET = 1 << 50  # beyond any weights file (1 PiB)
+UNREADABLE_OFFSET = 1 << 50  # beyond any weights file (1 PiB)
 
 
 def has_fp16(model) -> bool:
@@ -53,7 +53,7 @@ def upcast_fp16_interior(model) -> None:
             tensor.data_type = f32
             for entry in tensor.external_data:
                 if entry.key == "offset":
-                    entry.value = str(int(entry.value) + _UNREADABLE_OFFSET)
+                    entry.value = str(int(entry.value) + UNREADABLE_OFFSET)
                 elif entry.key == "length":
                     entry.value = str(2 * int(entry.value))
         else:

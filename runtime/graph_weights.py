@@ -43,6 +43,17 @@ class GraphWeights:
     external: tuple[ExternalTensor, ...]
     inline_bytes: int
     inline_fp16_bytes: int
+    op_types: frozenset = frozenset()
+    # After the loader's rewrite (weight_folding.py): the external tensors still read at run
+    # time, and the bytes of the folded constants (as the CPU loader stores them).
+    resident: frozenset | None = None  # None: not analysed, every external tensor counts
+    folded_bytes: int = 0
+
+    @property
+    def reads_weights_at_load(self) -> bool:
+        """onnxruntime's Conv fusions read a convolution's weights from the file while loading,
+        so such a graph keeps its own loading (its weights file is its own: vae_decoder)."""
+        return "Conv" in self.op_types or "ConvTranspose" in self.op_types
 
 
 def load_graph_proto(path: Path, graph: str):
@@ -80,14 +91,6 @@ def graph_weights(model, graph: str, path: Path) -> GraphWeights:
             raise StagevarError(f"Graph '{graph}' at {path} describes '{tensor.name}' inconsistently "
                                 f"({length} bytes for {dtype} {list(shape)} in {location}); export again.")
         external.append(ExternalTensor(tensor.name, location, offset, length, dtype, shape))
-    return GraphWeights(graph, path, tuple(external), inline, inline16)
+    return GraphWeights(graph, path, tuple(external), inline, inline16,
+                        frozenset(n.op_type for n in model.graph.node))
 
-
-def graphs_sharing_files(tables: list[GraphWeights]) -> set[str]:
-    """Names of the graphs that read a weights file another graph reads too (text_cond, step
-    and fidelity share transformer.weights)."""
-    users: dict[Path, set[str]] = {}
-    for table in tables:
-        for tensor in table.external:
-            users.setdefault((table.path.parent / tensor.location).resolve(), set()).add(table.graph)
-    return {g for names in users.values() if len(names) > 1 for g in names}

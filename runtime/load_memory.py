@@ -19,6 +19,7 @@ has available (MemAvailable, or the cgroup limit when lower): never an out-of-me
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 
 from .errors import StagevarError
 from .graph_weights import GraphWeights, graph_weights, load_graph_proto
+from .weight_folding import foldable_nodes, folded_bytes, fuse_transposed_matmuls
 
 GB = 1e9
 # Calibrated on ORT 1.32 CPU (docs/benchmarks.md, "Load memory"): the Python interpreter,
@@ -65,12 +67,24 @@ class LoadEstimate:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def read_graph_weights(manifest, graphs) -> list[GraphWeights]:
-    """The initializer tables of `graphs` of an export (no weight is read)."""
+def read_graph_weights(manifest, graphs, upcast_fp16: bool = True) -> list[GraphWeights]:
+    """The initializer tables of `graphs` of an export (no weight is read), with what stays
+    resident after the CPU loader's rewrite (transposed MatMuls fused, constants folded)."""
     tables = []
     for name in graphs:
         path = manifest.graph_path(name)
-        tables.append(graph_weights(load_graph_proto(path, name), name, path))
+        model = load_graph_proto(path, name)
+        table = graph_weights(model, name, path)
+        external = {t.name for t in table.external}
+        fuse_transposed_matmuls(model, external)
+        folded = folded_bytes(model, external, upcast_fp16)
+        folding = {id(n) for n in foldable_nodes(model, external)}
+        used = {o.name for o in model.graph.output}
+        for node in model.graph.node:
+            if id(node) not in folding:
+                used.update(node.input)
+        tables.append(dataclasses.replace(table, resident=frozenset(external & used),
+                                          folded_bytes=sum(folded.values())))
     return tables
 
 
@@ -80,18 +94,23 @@ def estimate_load(manifest, device: str, graphs, tables: list[GraphWeights] | No
     distinct: dict[tuple, np.dtype] = {}
     per_session = 0
     inline = 0
+    folded = 0
     for table in tables:
         for t in table.external:
-            distinct[((table.path.parent / t.location).resolve(), t.offset, t.length)] = t.dtype
+            if table.resident is None or t.name in table.resident:
+                distinct[((table.path.parent / t.location).resolve(), t.offset, t.length)] = t.dtype
         per_session += sum(t.length for t in table.external) + table.inline_bytes
         inline += table.inline_bytes + (table.inline_fp16_bytes if device == "cpu" else 0)
+        # Folded constants (attention bias concatenations): small; counted per graph, an upper
+        # bound where graphs share them.
+        folded += table.folded_bytes
     fp16 = sum(key[2] for key, dtype in distinct.items() if dtype == np.float16)
     other = sum(key[2] for key, dtype in distinct.items() if dtype != np.float16)
     overhead = RUNTIME_OVERHEAD_BYTES + SESSION_OVERHEAD_BYTES * len(tables)
     precision = str(manifest.data.get("precision", "?"))
     if device == "cpu":
         converted, mapped = 2 * fp16, other
-        anonymous = converted + inline + overhead
+        anonymous = converted + inline + folded + overhead
         return LoadEstimate(device, precision, len(tables), mapped, converted, inline, anonymous,
                             anonymous + mapped)
     largest = max((t.length for table in tables for t in table.external), default=0)

@@ -19,7 +19,6 @@ import onnxruntime as ort
 from . import graph_io as gio
 from .errors import StagevarError
 from .kv_cache import KVCache
-from .graph_weights import graphs_sharing_files
 from .load_memory import LoadEstimate, check_fits, estimate_load, read_graph_weights
 from .manifest import Manifest
 from .pointer_array import PointerRows
@@ -105,9 +104,10 @@ class OrtBackend:
         tables = read_graph_weights(manifest, graphs)
         self.load_estimate: LoadEstimate = estimate_load(manifest, device, graphs, tables)
         check_fits(self.load_estimate, manifest.root)
-        # CPU: the graphs that share a weights file read one host copy of it (fp16: one fp32 copy).
+        # CPU: every graph reads one host copy of its weights, shared by the graphs that share a
+        # file (fp16: one fp32 copy), with no transposed or per-session copies (shared_weights.py).
         self.shared_weights = SharedWeights(upcast_fp16=True) if device == "cpu" else None
-        self._sharing = graphs_sharing_files(tables) if device == "cpu" else set()
+        self._sharing = {t.graph for t in tables if not t.reads_weights_at_load} if device == "cpu" else set()
         self.sessions = {name: self._open(name, providers) for name in graphs}
         self.session_seconds = 0.0
         self.kv_allocations = 0
