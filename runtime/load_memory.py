@@ -104,6 +104,10 @@ def estimate_load(manifest, device: str, graphs, tables: list[GraphWeights] | No
         # Folded constants (attention bias concatenations): small; counted per graph, an upper
         # bound where graphs share them.
         folded += table.folded_bytes
+        if device == "cpu" and table.reads_weights_at_load:
+            # onnxruntime loads Conv graphs itself: fp32 weights plus its blocked (NCHWc) copies,
+            # measured 5.7x the fp16 bytes of Infinity's VAE decoder.
+            folded += 3 * sum(t.length * (2 if t.dtype == np.float16 else 1) for t in table.external)
     fp16 = sum(key[2] for key, dtype in distinct.items() if dtype == np.float16)
     other = sum(key[2] for key, dtype in distinct.items() if dtype != np.float16)
     overhead = RUNTIME_OVERHEAD_BYTES + SESSION_OVERHEAD_BYTES * len(tables)

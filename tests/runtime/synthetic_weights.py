@@ -2,8 +2,9 @@
 
 Two graphs ("a" and "b", like step and fidelity) read the same external weights file, laid out as
 the exporter lays it out (page-aligned tensors, `exporter/onnx_io.py`):
-    y = cast_fp32(h_L),  h_{i+1} = h_i @ W_i + b_i,  h_0 = cast(x)   (fp16 or fp32 weights)
-Graph "b" also outputs h_L in the weights' dtype, so fp16 outputs are part of the contract.
+    y = cast_fp32(h_L),  h_{i+1} = h_i @ Transpose(W_i) + b_i,  h_0 = cast(x)   (fp16 or fp32 weights)
+with W_i stored (out, in) and transposed in the graph, as the torch exporter writes the linear layers
+of Infinity-2B and T5-XL. Graph "b" also outputs h_L in the weights' dtype (an fp16 output).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def build_shared_graphs(folder: Path, dtype: str, width: int = 1024, layers: int
     for graph in graphs:
         nodes = [helper.make_node("Cast", ["x"], ["h0"], to=onnx_type)]
         for i in range(layers):
-            nodes += [helper.make_node("MatMul", [f"h{i}", f"W{i}"], [f"m{i}"]),
+            nodes += [helper.make_node("Transpose", [f"W{i}"], [f"Wt{i}"], perm=[1, 0]),
+                      helper.make_node("MatMul", [f"h{i}", f"Wt{i}"], [f"m{i}"]),
                       helper.make_node("Add", [f"m{i}", f"b{i}"], [f"h{i + 1}"])]
         nodes.append(helper.make_node("Cast", [f"h{layers}"], ["y"], to=TensorProto.FLOAT))
         outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])]
