@@ -279,6 +279,12 @@ def format_table(report: dict) -> str:
     torch_report = report.get("torch")
     if torch_report:
         parts += ["eager torch (fp32) baseline:", _plan_table(torch_report, "torch ")]
+    load = report.get("load")
+    if load:
+        after = load.get("after", {})
+        parts.append(f"load {load['seconds']:.1f} s ({load.get('backend', '?')} {load.get('device', '')})"
+                     + (f", RSS after load {after['rss_mb']:.0f} MB (anonymous {after['anon_mb']:.0f} MB), "
+                        f"peak so far {after['peak_rss_mb']:.0f} MB" if "rss_mb" in after else ""))
     rss, machine = report.get("peak_rss_mb"), report.get("machine", {})
     load = machine.get("load_avg")
     parts.append(f"{machine.get('cpu_count', '?')} CPUs"

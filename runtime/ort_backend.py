@@ -19,8 +19,10 @@ import onnxruntime as ort
 from . import graph_io as gio
 from .errors import StagevarError
 from .kv_cache import KVCache
+from .load_memory import LoadEstimate, check_fits, estimate_load, read_graph_weights
 from .manifest import Manifest
 from .pointer_array import PointerRows
+from .shared_weights import SharedWeights
 
 DEVICES = ("cpu", "cuda")
 _CUDA_EP, _CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -58,11 +60,15 @@ def _from_numpy(array: np.ndarray) -> DeviceArray:
     return DeviceArray(array.ctypes.data, tuple(array.shape), array.dtype, "cpu", array)
 
 
-def _session_options() -> ort.SessionOptions:
+def _session_options(device: str = "cpu") -> ort.SessionOptions:
     options = ort.SessionOptions()
     # Pre-packing copies weights into kernel layouts per session; without it the sessions of
-    # text_cond, step and fidelity share one memory-mapped copy of transformer.weights.
+    # text_cond, step and fidelity share one host copy of transformer.weights (shared_weights.py).
     options.add_session_config_entry("session.disable_prepacking", "1")
+    if device == "cuda":
+        # Initializers get exact-size device allocations instead of growing the session's
+        # arena (which rounds up, and keeps the rounded peak for the session's lifetime).
+        options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # warnings about unused initializers are noise to users
     return options
@@ -75,6 +81,10 @@ class OrtBackend:
     `kv_allocations` and `kv_bytes` (K/V cache buffers allocated, including compactions),
     `kv_slot_writes` (scales whose new K/V ONNX Runtime wrote in place into the cache),
     `session_seconds` (time inside ONNX Runtime runs).
+
+    Before any weight is touched, `load_estimate` is computed from the export's graph files and
+    a load that cannot fit in the available memory is refused in one sentence (load_memory.py).
+    On CPU every session reads one shared host copy of each weight (`shared_weights`).
     """
 
     def __init__(self, manifest: Manifest, device: str = "cpu", graphs: tuple[str, ...] = gio.GRAPHS):
@@ -91,6 +101,13 @@ class OrtBackend:
         self.use_ortvalues = device != "cpu"
         self._dtypes: dict[tuple[str, str, str], np.dtype] = {}
         providers = [_CUDA_EP, _CPU_EP] if device == "cuda" else [_CPU_EP]
+        tables = read_graph_weights(manifest, graphs)
+        self.load_estimate: LoadEstimate = estimate_load(manifest, device, graphs, tables)
+        check_fits(self.load_estimate, manifest.root)
+        # CPU: every graph reads one host copy of its weights, shared by the graphs that share a
+        # file (fp16: one fp32 copy), with no transposed or per-session copies (shared_weights.py).
+        self.shared_weights = SharedWeights(upcast_fp16=True) if device == "cpu" else None
+        self._sharing = {t.graph for t in tables if not t.reads_weights_at_load} if device == "cpu" else set()
         self.sessions = {name: self._open(name, providers) for name in graphs}
         self.session_seconds = 0.0
         self.kv_allocations = 0
@@ -101,7 +118,12 @@ class OrtBackend:
     def _open(self, name: str, providers: list[str]) -> ort.InferenceSession:
         path = self.manifest.graph_path(name)
         try:
-            session = ort.InferenceSession(str(path), _session_options(), providers=providers)
+            if name in self._sharing:
+                session = self.shared_weights.session(name, path, _session_options(self.device), providers)
+            else:
+                session = ort.InferenceSession(str(path), _session_options(self.device), providers=providers)
+        except StagevarError:
+            raise
         except Exception as exc:  # onnxruntime raises its own exception types per failure
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise StagevarError(f"onnxruntime cannot load graph '{name}' from {path} ({reason}); "

@@ -67,6 +67,17 @@ def _json_path(text: str, artifacts: Path) -> Path:
     return path
 
 
+def load_report(pipe, seconds: float, before: dict, after: dict) -> dict:
+    """Opening the export: seconds, this process's memory before and right after (MiB; the peak
+    is the high-water mark so far, so it includes the load), and the backend's own estimate."""
+    report = {"seconds": seconds, "backend": type(pipe.backend).__name__.removesuffix("Backend").lower(),
+              "device": pipe.backend.device, "before": before, "after": after}
+    estimate = getattr(pipe.backend, "load_estimate", None)
+    if estimate is not None:
+        report["estimate"] = estimate.as_dict()
+    return report
+
+
 def _torch_bundle(manifest, say):
     """The random-init bundle of the export, or None (with one line saying why) when it cannot be had."""
     model = manifest.data.get("model", {})
@@ -112,10 +123,14 @@ def main(argv: list[str] | None = None) -> int:
             line.clear()
             print(message, file=sys.stderr, flush=True)
 
+    from stagevar.runtime.load_memory import process_memory
+
+    before = process_memory()
     t0 = time.perf_counter()
     extra = {"plugins": args.plugins} if args.backend == "trt" else {}
     pipe = Pipeline.from_dir(artifacts, backend=args.backend, device=args.device, verify="record", **extra)
     load_seconds = time.perf_counter() - t0
+    load = load_report(pipe, load_seconds, before, process_memory())
     settings = dict(plans=plans, prompt=args.prompt, seed=args.seed, aspect=args.aspect, runs=args.runs,
                     warmup=args.warmup, progress=say)
     try:
@@ -124,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         line.clear()
     report["load_seconds"] = load_seconds
+    report["load"] = load
     manifest = pipe.manifest
     # ONNX Runtime's arenas keep their peak allocation while the sessions live; free them so the
     # torch baseline does not run on top of them.

@@ -196,6 +196,13 @@ def test_cli_without_torch_skips_the_baseline(tiny_artifacts, tmp_path, capsys):
     assert entry([str(tiny_artifacts), *FAST, "--plans", "stagevar", "--no-torch", "--json", str(path)]) == 0
     data = json.loads(path.read_text())
     assert "torch" not in data and data["speedup_baseline"] == "stagevar"
+    # Load time and memory right after opening the export (issue 17): guards against the fields
+    # going missing or being read before the load (then "after" would not exceed "before").
+    load = data["load"]
+    assert load["backend"] == "ort" and load["device"] == "cpu" and load["seconds"] > 0
+    assert load["after"]["peak_rss_mb"] >= load["after"]["rss_mb"] > load["before"]["rss_mb"] > 0
+    assert load["estimate"]["device"] == "cpu" and load["estimate"]["anonymous_bytes"] > 0
+    assert "RSS after load" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args", [["{missing}"], ["{art}", "--plans", "exact,fastest"], ["{art}", "--runs", "0"],
