@@ -3,10 +3,11 @@
 One deserialized engine per graph and one execution context per optimization profile (created
 on first use, all sharing one scratch buffer: the backend runs one thing at a time on its one
 stream). A run picks the profile whose ranges contain its input shapes, binds every I/O tensor
-by address (TensorRT 10's name-based API), and executes; after one plain (warm-up) run of a given
-context, addresses and shapes, the next run of it is captured into a CUDA graph and later runs
-replay it. Device memory comes from a pool that reuses addresses, so the graphs stay valid from
-request to request. K/V slots are bound in place when their address is 256-byte aligned and
+by address (TensorRT 10's name-based API), and executes; after one plain (warm-up) run of a
+context with given shapes, its next run is captured into a CUDA graph and later runs replay it.
+A context keeps one graph, dropped as soon as any of its addresses or shapes change (TensorRT ties
+a captured enqueue to the context's state). Device memory comes from a pool that reuses
+addresses, so the graphs stay valid from request to request. K/V slots are bound in place when their address is 256-byte aligned and
 through an aligned scratch buffer plus one copy otherwise.
 
 TensorRT and cuda-python are imported when a backend is created, never at module import.
@@ -26,7 +27,7 @@ from . import graph_io as gio
 from .cuda_memory import Cuda, CudaArray, CudaError, MemoryPool, TrtKVCache, host_array
 from .errors import StagevarError
 from .manifest import Manifest
-from .trt_engine import EngineInfo, ProfileContext, import_tensorrt, load_plugins
+from .trt_engine import EngineInfo, ProfileContext, context_memory_size, import_tensorrt, load_plugins
 from .trt_profiles import ALIGNMENT, CapturePolicy, is_aligned, row_range, row_range_copy, select_profile
 
 __all__ = ["TrtBackend", "TrtKVCache"]
@@ -41,6 +42,20 @@ def _device_index(device: str) -> int:
         return int(device[5:])
     raise StagevarError(f"Device {device!r} is not supported by the trt backend; use 'cuda' (or 'cuda:N'), "
                         f"or backend='ort' for the CPU.")
+
+
+def _text_buckets(eng: EngineInfo | None) -> tuple[int, ...] | None:
+    """The text lengths of the text encoder's exact profiles, which the pipeline pads prompts
+    to (so a new prompt length re-binds no context); None for engines with a length range."""
+    if eng is None:
+        return None
+    lengths = set()
+    for profile in eng.profiles:
+        lo, _, hi = profile.get("input_ids", ((), (), ()))
+        if len(lo) != 2 or lo != hi:
+            return None
+        lengths.add(lo[1])
+    return tuple(sorted(lengths)) or None
 
 
 def _nbytes(shape, dtype: np.dtype) -> int:
@@ -96,9 +111,9 @@ class TrtBackend:
         for eng in self.engines.values():
             if eng.host_inputs:  # host-side values would be baked into a graph: never capture
                 self.capture.disabled.add(eng.name)
-        sizes = [getattr(e.engine, "device_memory_size_v2", None) or e.engine.device_memory_size
-                 for e in self.engines.values()]
-        self._context_memory = self.fixed_pool.acquire(max([int(s) for s in sizes] + [1]))
+        sizes = [context_memory_size(e.engine) for e in self.engines.values()]
+        self._context_memory = self.fixed_pool.acquire(max(sizes + [1]))
+        self.text_buckets = _text_buckets(self.engines.get(gio.TEXT_ENCODER))
         self.session_seconds = 0.0
         self.kv_allocations = 0
         self.kv_bytes = 0
@@ -319,8 +334,8 @@ class TrtBackend:
                     raise RuntimeError(f"TensorRT refused shape {list(shape)} for {eng.name}.{name}")
                 ctx.shapes[name] = shape
                 changed = True
-        if changed:  # TensorRT needs a plain run after new shapes before a capture
-            self.capture.forget_context(ctx.key)
+        if changed:  # the graph is stale, and TensorRT needs a plain run before a capture
+            self.capture.reshaped(ctx.key)
         return ctx
 
     def _execute(self, eng: EngineInfo, ctx: ProfileContext, bindings: dict[str, int]) -> None:
@@ -329,7 +344,8 @@ class TrtBackend:
                 if not ctx.ctx.set_tensor_address(name, ptr):
                     raise RuntimeError(f"TensorRT refused address {ptr:#x} for {eng.name}.{name}")
                 ctx.addresses[name] = ptr
-        key = (ctx.key, tuple(sorted(bindings.items())), tuple(sorted(ctx.shapes.items())))
+                self.capture.rebound(ctx.key)  # a graph replays the addresses it was captured with
+        key = ctx.key
         decision = self.capture.decide(eng.name, key)
         if decision == "launch":
             self.cuda.launch(self.capture.graphs[key])

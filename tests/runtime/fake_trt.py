@@ -22,6 +22,7 @@ import enum
 import itertools
 import json
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -79,6 +80,15 @@ class FakeGraph:
     def __init__(self, ops):
         self.ops, self.id, self.destroyed = list(ops), next(self._ids), False
 
+    def check_contexts(self) -> None:
+        """TensorRT ties a captured enqueue to its context's state at capture (addresses, shapes,
+        profile): replaying it after the context was re-bound runs with stale parameters."""
+        for op in self.ops:
+            ctx, generation = getattr(op, "context", (None, None))
+            if ctx is not None and ctx.generation != generation:
+                raise FakeFault(f"CUDA graph {self.id} replayed after its execution context was re-bound "
+                                f"(addresses or shapes changed since the capture)")
+
 
 class FakeGpu:
     """Device memory, streams, graphs and the two fake modules over them."""
@@ -88,11 +98,14 @@ class FakeGpu:
         self.total_memory = total_memory
         self.blocks: dict[int, np.ndarray] = {}
         self.bases: list[int] = []
-        self._next = DEVICE_BASE
+        # cudaMalloc guarantees 256-byte alignment and no more: addresses here are 256 mod 512,
+        # so code that assumes a coarser alignment of fresh allocations breaks.
+        self._next = DEVICE_BASE + 256
         self.streams: dict[int, FakeStream] = {}
         self._handles = itertools.count(0x5000)
         self.events: list[dict] = []
         self.mallocs = 0
+        self.trt_version = "10.9.0.34"
 
     # ---- memory ------------------------------------------------------------------------------
 
@@ -107,7 +120,7 @@ class FakeGpu:
         base = self._next
         self.blocks[base] = np.zeros(size, np.uint8)
         bisect.insort(self.bases, base)
-        self._next += -(-size // (1 << 16)) * (1 << 16) + (1 << 16)  # 64 KiB aligned, with a gap
+        self._next += -(-size // 512) * 512 + 512  # stays 256 mod 512, with a gap
         self.mallocs += 1
         return base
 
@@ -293,6 +306,7 @@ class FakeGpu:
             if graph_exec.destroyed:
                 raise FakeFault("launching a destroyed graph")
             s = gpu.stream(stream)
+            graph_exec.check_contexts()
             gpu.events.append({"op": "launch", "graph": graph_exec.id})
             for op in graph_exec.ops:
                 gpu.submit(s, op, "graph")
@@ -310,6 +324,7 @@ class FakeGpu:
 
     def modules(self, trt_version: str = "10.9.0.34") -> dict[str, types.ModuleType]:
         """sys.modules entries: tensorrt, cuda, cuda.bindings, cuda.bindings.runtime."""
+        self.trt_version = trt_version
         rt = self.cudart()
         bindings = types.ModuleType("cuda.bindings")
         bindings.__path__, bindings.runtime = [], rt
@@ -377,7 +392,9 @@ class FakeEngine:
         self.output_names = [n for n in self.names if self.io[n][0] is TensorIOMode.OUTPUT]
         self.profiles = [{n: [tuple(s) for s in r] for n, r in p.items()} for p in spec["profiles"]]
         self.num_optimization_profiles = len(self.profiles)
-        self.device_memory_size = self.device_memory_size_v2 = int(spec.get("device_memory", 1 << 16))
+        self.device_memory_size_v2 = int(spec.get("device_memory", 1 << 16))
+        if int(gpu.trt_version.split(".")[0]) < 11:  # TensorRT 11's bindings drop device_memory_size
+            self.device_memory_size = self.device_memory_size_v2
         self.capture_fails = bool(spec.get("capture_fails", False))
         self.profile_owner: dict[int, "FakeContext"] = {}
         self._out_shapes: dict[tuple, dict] = {}
@@ -404,10 +421,14 @@ class FakeEngine:
     def get_tensor_profile_shape(self, name, index):
         if self.io[name][0] is not TensorIOMode.INPUT:
             raise RuntimeError(f"{name} is not an input")
+        if -1 not in self.io[name][2] or name not in self.profiles[index]:
+            # A static input has no profile shapes: TensorRT returns an invalid Dims (nbDims -1),
+            # which reads as shapes without dimensions; the engine's own shape is the valid one.
+            return [(), (), ()]
         return [list(s) for s in self.profiles[index][name]]
 
     def get_device_memory_size_for_profile_v2(self, index):
-        return self.device_memory_size
+        return self.device_memory_size_v2
 
     def create_execution_context(self, strategy=ExecutionContextAllocationStrategy.STATIC):
         return FakeContext(self, strategy)
@@ -430,13 +451,14 @@ class FakeContext:
         self.shapes: dict[str, tuple] = dict(self.static)
         self.addresses: dict[str, int] = {}
         self.memory: tuple[int, int] | None = None
+        self.generation = 0  # bumped by every change of addresses, shapes or profile
         self.shapes_dirty = True  # a plain run must follow new input shapes before a capture
 
     def set_device_memory(self, ptr, size):
         _require_int(ptr, "set_device_memory"), _require_int(size, "set_device_memory")
         if self.strategy is not ExecutionContextAllocationStrategy.USER_MANAGED:
             raise FakeFault("set_device_memory on a context that manages its own memory")
-        if size < self.engine.device_memory_size or ptr % 256:
+        if size < self.engine.device_memory_size_v2 or ptr % 256:
             raise FakeFault("context memory too small or misaligned")
         self.gpu.view(ptr, size)
         self.memory = (ptr, size)
@@ -452,6 +474,7 @@ class FakeContext:
             return False  # a profile serves one context at a time
         self.engine.profile_owner[index] = self
         self.profile, self.shapes, self.shapes_dirty = index, dict(self.static), True
+        self.generation += 1
         return True
 
     def set_input_shape(self, name, shape):
@@ -465,6 +488,7 @@ class FakeContext:
             return False
         if self.shapes.get(name) != shape:
             self.shapes[name], self.shapes_dirty = shape, True
+            self.generation += 1
         return True
 
     def get_tensor_shape(self, name):
@@ -478,7 +502,9 @@ class FakeContext:
         _require_int(ptr, "set_tensor_address")
         if name not in self.engine.io or ptr % self.gpu.required_alignment:
             return False  # TensorRT logs an API usage error and refuses
-        self.addresses[name] = ptr
+        if self.addresses.get(name) != ptr:
+            self.addresses[name] = ptr
+            self.generation += 1
         return True
 
     def execute_async_v3(self, stream_handle):
@@ -514,10 +540,42 @@ class FakeContext:
                 if tuple(value.shape) != out_shapes[name]:
                     raise FakeFault(f"{name}: shape {value.shape} != {out_shapes[name]}")
                 self.gpu.write(bindings[name], value.astype(nptype(eng.io[name][1]), copy=False))
+        run.context = (self, self.generation)
         self.gpu.submit(stream, run, "execute")
         if not captured:
             self.shapes_dirty = False
         return True
+
+
+class FakePluginRegistry:
+    """TensorRT's plugin registry as the loaders see it. `load_library` returns None, like the
+    real one, both when the library's creators are registered already (a second load in one
+    process) and when it cannot be loaded (a missing dependency: here any file that does not
+    start with PLUGIN_BYTES); otherwise it registers the stagevar creator and returns a handle.
+    `get_creator(name, version, namespace)` looks a creator up (None when absent)."""
+
+    PLUGIN_BYTES = b"fake plugin"
+    CREATOR = ("StageVarTokenRestore", "1", "")
+
+    def __init__(self):
+        self.creators: dict[tuple, object] = {}
+        self.loaded: list[str] = []
+
+    def load_library(self, path):
+        if not isinstance(path, str):
+            raise TypeError("load_library(): incompatible function arguments (path must be str)")
+        self.loaded.append(path)
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return None
+        if not data.startswith(self.PLUGIN_BYTES) or self.CREATOR in self.creators:
+            return None  # TensorRT logs the dlopen error or "creator already registered"
+        self.creators[self.CREATOR] = object()
+        return object()
+
+    def get_creator(self, name, version, plugin_namespace=""):
+        return self.creators.get((name, version, plugin_namespace))
 
 
 def fake_tensorrt(gpu: FakeGpu, version: str) -> types.ModuleType:
@@ -539,12 +597,8 @@ def fake_tensorrt(gpu: FakeGpu, version: str) -> types.ModuleType:
                 return None  # TensorRT logs a deserialization error and returns None
             return FakeEngine(gpu, spec)
 
-    class Registry:
-        def load_library(self, path):
-            trt.loaded_libraries.append(path)
-            return object()
-
-    registry = Registry()
+    registry = FakePluginRegistry()
+    trt.loaded_libraries = registry.loaded
     trt.Runtime = Runtime
     trt.init_libnvinfer_plugins = lambda logger, namespace: True
     trt.get_plugin_registry = lambda: registry

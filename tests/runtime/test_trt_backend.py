@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stagevar.exporter.trt.profiles import all_profiles
 from stagevar.runtime import graph_io as gio
 from stagevar.runtime.cuda_memory import MemoryPool
 from stagevar.runtime.errors import StagevarError
@@ -94,17 +95,17 @@ def _call(pipe, request):
 
 
 def _write_plan(root: Path, graph: str, onnx: Path, profiles: list[dict], **extra) -> str:
+    """A fake plan with `profiles` as the build makes them: {input: [min, opt, max]}."""
     rel = f"{ENGINE_DIR}/{graph}{extra.pop('suffix', '')}.plan"
-    spec = {"name": graph, "onnx": str(onnx), "device_memory": 1 << 20,
-            "profiles": [{n: [list(s)] * 3 for n, s in p.items()} for p in profiles], **extra}
+    spec = {"name": graph, "onnx": str(onnx), "device_memory": 1 << 20, "profiles": profiles, **extra}
     (root / rel).write_text(json.dumps(spec))
     return rel
 
 
 @pytest.fixture(scope="module")
 def trt_export(tiny_artifacts, tmp_path_factory):
-    """A copy of the tiny export with fake engines (one exact profile per shape set the requests
-    use, as the engine build makes one per scale), and the ORT pipeline's outputs per request."""
+    """A copy of the tiny export with fake engines whose profiles are exporter/trt/profiles.py's
+    own (what `stagevar-export build` gives TensorRT), and the ORT pipeline's outputs per request."""
     root = Path(shutil.copytree(tiny_artifacts, tmp_path_factory.mktemp("trt") / "art"))
     manifest = load_manifest(root, verify=False)
     tokenizer = load_tokenizer_json(root / manifest.data["tokenizer"]["path"])
@@ -112,21 +113,20 @@ def trt_export(tiny_artifacts, tmp_path_factory):
     ort_pipe = Pipeline(manifest, recorder, tokenizer)
     reference = {label: _call(ort_pipe, request) for label, request in REQUESTS.items()}
     (root / ENGINE_DIR).mkdir(parents=True)
-    graphs = {}
-    for graph in gio.GRAPHS:
+    graphs, built = {}, {}
+    for graph, specs in all_profiles(manifest.data).items():
         onnx = manifest.graph_path(graph)
-        rel = _write_plan(root, graph, onnx, recorder.seen[graph])
+        built[graph] = [p.to_json()["shapes"] for p in specs]
+        rel = _write_plan(root, graph, onnx, built[graph])
         graphs[graph] = {"plan": rel, "onnx_sha256": sha256_file(onnx), "key": "0" * 64,
-                         "profiles": [{"entry": None, "aspect": "1:1",
-                                       "shapes": {n: [list(s)] * 3 for n, s in p.items()}}
-                                      for p in recorder.seen[graph]]}
+                         "profiles": [p.to_json() for p in specs]}
     record = {"dir": ENGINE_DIR, "tensorrt": TRT_VERSION, "compute_capability": CC, "device_name": "Fake H100",
               "flags": {}, "plugins": None, "timing_cache": f"{ENGINE_DIR}/timing.cache", "graphs": graphs}
     # Recorded as the engine build does: plans listed among the manifest's files.
     content = {k: v for k, v in manifest.data.items() if k not in ("files", "schema_version")}
     write_manifest(root, dict(content, trt_builds=[record]))
     return types.SimpleNamespace(root=root, manifest=load_manifest(root, verify="full"), tokenizer=tokenizer,
-                                 reference=reference, record=record, seen=recorder.seen)
+                                 reference=reference, record=record, seen=recorder.seen, profiles=built)
 
 
 def _standin_engine_cache(calls: list):
@@ -300,7 +300,7 @@ def test_a_new_text_length_re_warms_the_text_contexts(trt_export, gpu, monkeypat
 def test_an_engine_that_cannot_be_captured_runs_plainly_after_one_attempt(trt_export, gpu):
     root, record = trt_export.root, json.loads(json.dumps(trt_export.record))
     record["graphs"][gio.STEP]["plan"] = _write_plan(root, gio.STEP, trt_export.manifest.graph_path(gio.STEP),
-                                                     trt_export.seen[gio.STEP], capture_fails=True, suffix="_nograph")
+                                                     trt_export.profiles[gio.STEP], capture_fails=True, suffix="_nograph")
     manifest = Manifest(root, dict(trt_export.manifest.data, trt_builds=[record]))
     pipe = _pipe(trt_export, manifest)
     for _ in range(3):
@@ -590,24 +590,28 @@ def test_memory_pool_frees_its_cache_and_retries_when_malloc_fails():
 def test_capture_policy_warms_up_captures_replays_and_gives_up():
     released = []
     policy = CapturePolicy(limit=2, release=released.append)
-    k1, k2, k3 = (("step", 0), 1), (("step", 1), 2), (("step", 2), 3)
-    assert policy.decide("step", k1) == "plain"
-    policy.ran_plain(k1)
-    assert policy.decide("step", k1) == "capture"
-    policy.captured(k1, "g1")
-    assert policy.decide("step", k1) == "launch"
-    for key, graph in ((k2, "g2"), (k3, "g3")):
-        policy.ran_plain(key)
-        policy.captured(key, graph)
-    assert released == ["g1"] and policy.decide("step", k1) == "capture"  # evicted (LRU), still warm
-    policy.forget_context(("step", 1))
-    assert released == ["g1", "g2"] and policy.decide("step", k2) == "plain"
+    c1, c2, c3 = ("step", 0), ("step", 1), ("step", 2)
+    assert policy.decide("step", c1) == "plain"
+    policy.ran_plain(c1)
+    assert policy.decide("step", c1) == "capture"
+    policy.captured(c1, "g1")
+    assert policy.decide("step", c1) == "launch"
+    for ctx, graph in ((c2, "g2"), (c3, "g3")):
+        policy.ran_plain(ctx)
+        policy.captured(ctx, graph)
+    assert released == ["g1"] and policy.decide("step", c1) == "capture"  # evicted (LRU), still warm
+    policy.rebound(c2)  # new addresses: the graph goes, the warm-up stays (shapes did not change)
+    assert released == ["g1", "g2"] and policy.decide("step", c2) == "capture"
+    policy.reshaped(c3)  # new shapes: graph and warm-up go
+    assert released == ["g1", "g2", "g3"] and policy.decide("step", c3) == "plain"
+    assert policy.invalidations == 2
     policy.capture_failed("vae")
-    policy.ran_plain((("vae", 0), 1))
-    assert policy.decide("vae", (("vae", 0), 1)) == "plain"
-    assert CapturePolicy(enabled=False).decide("step", k1) == "plain"
+    policy.ran_plain(("vae", 0))
+    assert policy.decide("vae", ("vae", 0)) == "plain"
+    assert CapturePolicy(enabled=False).decide("step", c1) == "plain"
+    policy.captured(c1, "g4")
     policy.clear()
-    assert released == ["g1", "g2", "g3"]
+    assert released == ["g1", "g2", "g3", "g4"]
 
 
 # ---- real TensorRT --------------------------------------------------------------------------------
@@ -650,3 +654,88 @@ def test_real_tensorrt_runs_in_place_replays_graphs_and_matches_ort(real_trt_exp
         assert np.abs(outs[0].images.astype(np.int16) - ref.images).mean() < 8.0
     assert trt_pipe.backend.capture.launches > 0, "no CUDA graph was replayed"
     print("capture", vars(trt_pipe.backend.capture)["failures"], "failures;", trt_pipe.backend.describe())
+
+
+# ---- issue 15: what a first real GPU run would hit ---------------------------------------------
+
+
+def test_graphs_of_a_re_bound_context_are_never_replayed(trt_export, gpu):
+    """Defect 2. Guards against keeping a context's older graphs after `set_tensor_address`
+    re-bound it: requests alternating `exact` and `stagevar` (K/V buffers of different sizes, so
+    other addresses on the shared step contexts) replayed a graph captured for the other
+    request's addresses; the fake refuses that as TensorRT's captured state would be stale."""
+    pipe = _pipe(trt_export)
+    for label in ("exact", "stagevar", "exact", "stagevar", "exact", "stagevar"):
+        assert_same_output(_call(pipe, REQUESTS[label]), trt_export.reference[label])
+    assert pipe.backend.capture.launches > 0  # graphs are still used where nothing changed
+
+
+def test_a_plugin_library_that_does_not_load_is_refused_in_one_sentence(trt_export, gpu):
+    """Defect 1 (load side). Guards against storing load_library's None silently: a plugin whose
+    dependencies are missing (the old build-tree libstagevar_plugins_cuda.so) left every engine
+    failing to deserialize with a vague message."""
+    lib = trt_export.root / ENGINE_DIR / "libstagevar_trt_plugin.so"
+    lib.write_bytes(b"\x7fELF needs libstagevar_plugins_cuda.so")  # the fake's loader fails on it
+    record = json.loads(json.dumps(trt_export.record))
+    record["plugins"] = {"file": lib.name, "sha256": sha256_file(lib)}
+    manifest = Manifest(trt_export.root, dict(trt_export.manifest.data, trt_builds=[record]))
+    with pytest.raises(StagevarError) as info:
+        TrtBackend(manifest, graphs=())
+    assert "could not load the plugin library" in _one_sentence(info) and lib.name in str(info.value)
+    # A library whose creator is registered already (the build loaded it in this process) is fine.
+    good = trt_export.root / ENGINE_DIR / "libgood.so"
+    good.write_bytes(fake_trt.FakePluginRegistry.PLUGIN_BYTES)
+    record["plugins"] = {"file": good.name, "sha256": sha256_file(good)}
+    manifest = Manifest(trt_export.root, dict(trt_export.manifest.data, trt_builds=[record]))
+    TrtBackend(manifest, graphs=())
+    TrtBackend(manifest, graphs=())  # the second load_library would return None
+    assert sys.modules["tensorrt"].get_plugin_registry().get_creator("StageVarTokenRestore", "1", "")
+
+
+def test_static_inputs_take_their_shape_from_the_engine(trt_export, gpu):
+    """Defect 7. Guards against reading a static input's profile shape: TensorRT may return an
+    invalid Dims for it (the fake: shapes without dimensions), which made every profile refuse
+    the input's real shape ("no optimization profile takes guidance [2]")."""
+    be = TrtBackend(trt_export.manifest, graphs=(gio.STEP,))
+    eng = be.engines[gio.STEP]
+    assert eng.static["guidance"] == (2,) and eng.static["tau"] == ()
+    assert all("guidance" not in p and "tau" not in p for p in eng.profiles)
+    assert len(eng.profiles) == len(trt_export.profiles[gio.STEP])
+
+
+def test_tensorrt_11_bindings_without_device_memory_size(trt_export, monkeypatch):
+    """Defect 7. Guards against `device_memory_size_v2 or device_memory_size`: TensorRT 11 drops
+    `device_memory_size`, and an engine needing no scratch memory reports 0 in v2."""
+    gpu = fake_trt.FakeGpu()
+    for name, module in gpu.modules("11.4.0.106").items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(sys.modules, "stagevar.runtime.engine_cache", _standin_engine_cache([]))
+    record = json.loads(json.dumps(trt_export.record))
+    record["tensorrt"] = "11.4.0.106"
+    onnx = trt_export.manifest.graph_path(gio.VAE_DECODER)
+    record["graphs"][gio.VAE_DECODER]["plan"] = _write_plan(trt_export.root, gio.VAE_DECODER, onnx,
+                                                            trt_export.profiles[gio.VAE_DECODER],
+                                                            device_memory=0, suffix="_trt11")
+    manifest = Manifest(trt_export.root, dict(trt_export.manifest.data, trt_builds=[record]))
+    be = TrtBackend(manifest, graphs=(gio.VAE_DECODER,))
+    assert not hasattr(be.engines[gio.VAE_DECODER].engine, "device_memory_size")
+    shape = trt_export.profiles[gio.VAE_DECODER][0]["codes"][0]
+    (image,) = be.run_plain(gio.VAE_DECODER, {"codes": np.zeros(shape, np.float32)})
+    assert np.isfinite(image).all()
+
+
+def test_new_prompt_lengths_replay_the_captured_graphs(trt_export, gpu):
+    """Defect 5. Guards against binding the text length of each request: every new prompt length
+    changed the shapes of the text and step contexts and dropped their graphs. Prompts are
+    padded to the text profiles' fixed lengths, so only the first request warms up, the second
+    captures, and later ones, whatever their length, replay graphs only."""
+    pipe = _pipe(trt_export)
+    assert pipe.backend.text_buckets == tuple(p["input_ids"][0][1] for p in trt_export.profiles[gio.TEXT_ENCODER])
+    prompts = ["a cat", "a photo of a cat", "a dog", "an oil painting of a lighthouse at dusk"]
+    marks = []
+    for prompt in prompts:
+        marks.append(len(gpu.events))
+        _call(pipe, dict(REQUESTS["stagevar"], prompt=prompt))
+    for start in marks[2:]:
+        assert not [e for e in _executes(gpu, start=start)], "a context ran plainly again after a new prompt length"
+    assert pipe.backend.capture.invalidations == 0
