@@ -115,6 +115,24 @@ class OrtBackend:
         self._providers = providers
         self._slicers: dict[str, ort.InferenceSession] = {}
 
+    def resident_weights(self) -> dict:
+        """Weight bytes the loaded sessions keep resident, per graph, from the export's weights
+        files (manifest sizes). On the CPU, text_cond, step and fidelity memory-map one shared
+        transformer.weights (no pre-packing), so a shared file counts once; ONNX Runtime's CUDA
+        provider copies each session's initializers to the GPU, so there it counts per session
+        (an upper bound for text_cond, which reads part of the file)."""
+        files = self.manifest.data.get("files") or {}
+        by_graph, by_file = {}, {}
+        for name in self.sessions:
+            rel = (self.manifest.graphs.get(name) or {}).get("weights")
+            size = int((files.get(rel) or {}).get("bytes", 0)) if rel else 0
+            by_graph[name], by_file[rel] = size, size
+        shared = self.device == "cpu"
+        total = sum(by_file.values()) if shared else sum(by_graph.values())
+        return {"bytes": total, "by_graph": by_graph,
+                "basis": "weights files, shared mmap counted once" if shared
+                else "weights files, one device copy per session"}
+
     def _open(self, name: str, providers: list[str]) -> ort.InferenceSession:
         path = self.manifest.graph_path(name)
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import mmap
 import time
-from collections import OrderedDict
 from typing import Mapping
 
 import numpy as np
@@ -32,7 +31,6 @@ from .trt_profiles import ALIGNMENT, CapturePolicy, is_aligned, row_range, row_r
 
 __all__ = ["TrtBackend", "TrtKVCache"]
 
-_STAGING_LIMIT = 512  # staging/scratch buffers kept per backend (keyed by graph, tensor, size)
 
 
 def _device_index(device: str) -> int:
@@ -106,7 +104,11 @@ class TrtBackend:
         self.pool = MemoryPool(self.cuda.malloc, self.cuda.free)
         self.fixed_pool = MemoryPool(self.cuda.malloc, self.cuda.free)
         self.capture = CapturePolicy(cuda_graphs, release=self.cuda.destroy_exec)
-        self._staging: OrderedDict[tuple, object] = OrderedDict()
+        # One staging/scratch device buffer per (graph, tensor, role) and one pinned host buffer
+        # per (graph, input), sized for the input's largest profile shape (or grown): bounded by
+        # the engines' tensors, and stable addresses for the graphs captured with them.
+        self._staging: dict[tuple, object] = {}
+        self._pinned: dict[tuple, object] = {}
         self.engines = {name: self._load(name) for name in graphs}
         for eng in self.engines.values():
             if eng.host_inputs:  # host-side values would be baked into a graph: never capture
@@ -126,6 +128,13 @@ class TrtBackend:
         return {"backend": "trt", "device": self.device, "device_name": self.device_name,
                 "compute_capability": self.compute_capability, "tensorrt": self.trt.__version__,
                 "engines": self.build.get("dir"), "cuda_graphs": self.capture.enabled}
+
+    def resident_weights(self) -> dict:
+        """Weight bytes on the GPU, per engine, from the plan sizes (weights dominate a plan; each
+        engine holds its own copy, so step and fidelity each hold the transformer)."""
+        graphs = self.build.get("graphs", {})
+        by_graph = {name: (self.manifest.root / graphs[name]["plan"]).stat().st_size for name in self.engines}
+        return {"bytes": sum(by_graph.values()), "by_graph": by_graph, "basis": "engine plan sizes"}
 
     def _load(self, name: str) -> EngineInfo:
         entry = self.build.get("graphs", {}).get(name)
@@ -180,6 +189,7 @@ class TrtBackend:
         self.capture.clear()
         self.engines = {}
         self._staging.clear()
+        self._pinned.clear()
         self._context_memory = None
         self.pool.close()
         self.fixed_pool.close()
@@ -220,16 +230,35 @@ class TrtBackend:
         return out
 
     def _buffer(self, graph: str, name: str, role: str, nbytes: int):
-        """A persistent device buffer per (graph, tensor, role, size): staging for host values and
-        aligned scratch; persistent so the addresses, and the graphs captured with them, stay."""
-        key = (graph, name, role, self.fixed_pool.size_class(nbytes))
-        if key in self._staging:
-            self._staging.move_to_end(key)
-        else:
-            self._staging[key] = self.fixed_pool.acquire(nbytes)
-            while len(self._staging) > _STAGING_LIMIT:
-                self._staging.popitem(last=False)
-        return self._staging[key]
+        """The persistent device buffer of (graph, tensor, role): staging for host values and
+        aligned scratch. Persistent so the addresses, and the graphs captured with them, stay;
+        sized for the tensor's largest profile shape, so scales of every size share it."""
+        key = (graph, name, role)
+        buf = self._staging.get(key)
+        if buf is None or buf.nbytes < nbytes:
+            if buf is not None:
+                self.fixed_pool.discard(buf)  # freed now, not cached: the pool stays trimmed
+            self._staging[key] = buf = self.fixed_pool.acquire(max(nbytes, self._largest(graph, name)))
+        return buf
+
+    def _pinned_host(self, graph: str, name: str, nbytes: int):
+        """The page-locked host buffer inputs of (graph, name) are uploaded from: an asynchronous
+        copy from pageable memory is staged by the driver, synchronously (LOWRANK's projections
+        and Gumbel noise are 53 MB per chunk at 64x64). Reused after the run's synchronisation."""
+        key = (graph, name)
+        buf = self._pinned.get(key)
+        if buf is None or buf.nbytes < nbytes:
+            self._pinned[key] = buf = None  # the old one is freed before the new one is made
+            self._pinned[key] = buf = self.cuda.pinned(max(nbytes, self._largest(graph, name)))
+        return buf
+
+    def _largest(self, graph: str, name: str) -> int:
+        """Bytes of input `name` at its largest profile shape (0 for outputs)."""
+        eng = self.engines.get(graph)
+        if eng is None or name not in eng.inputs:
+            return 0
+        shapes = [p[name][2] for p in eng.profiles if name in p] or [eng.static.get(name, ())]
+        return max(_nbytes(s, eng.dtype(name, "input")) for s in shapes)
 
     # ---- graph contracts --------------------------------------------------------------------
 
@@ -317,7 +346,9 @@ class TrtBackend:
         if name in eng.host_inputs:
             return host.ctypes.data, tuple(host.shape)
         staging = self._buffer(eng.name, name, "in", host.nbytes)
-        self.cuda.upload(staging.ptr, host)
+        pinned = self._pinned_host(eng.name, name, host.nbytes)
+        pinned.array(host.nbytes)[:] = host.reshape(-1).view(np.uint8)
+        self.cuda.to_device(staging.ptr, pinned.ptr, host.nbytes)
         return staging.ptr, tuple(host.shape)
 
     def _prepare(self, eng: EngineInfo, shapes: dict[str, tuple[int, ...]]) -> ProfileContext:

@@ -106,6 +106,7 @@ class FakeGpu:
         self.events: list[dict] = []
         self.mallocs = 0
         self.trt_version = "10.9.0.34"
+        self.pinned: dict[int, np.ndarray] = {}  # cudaMallocHost blocks by address
 
     # ---- memory ------------------------------------------------------------------------------
 
@@ -158,6 +159,9 @@ class FakeGpu:
         return np.ctypeslib.as_array((ctypes.c_ubyte * nbytes).from_address(ptr)) if nbytes else np.empty(0, np.uint8)
 
     # ---- streams -----------------------------------------------------------------------------
+
+    def is_pinned(self, ptr: int, nbytes: int) -> bool:
+        return any(base <= ptr and ptr + nbytes <= base + block.nbytes for base, block in self.pinned.items())
 
     def stream(self, value) -> FakeStream:
         handle = int(value)
@@ -222,6 +226,16 @@ class FakeGpu:
             gpu.free(int(ptr))
             return (OK,)
 
+        def cudaMallocHost(size):
+            block = np.zeros(int(size), np.uint8)
+            gpu.pinned[block.ctypes.data] = block
+            return OK, block.ctypes.data
+
+        def cudaFreeHost(ptr):
+            if gpu.pinned.pop(int(ptr), None) is None:
+                raise FakeFault(f"cudaFreeHost of {ptr:#x}, which cudaMallocHost did not return")
+            return (OK,)
+
         def cudaStreamCreateWithFlags(flags):
             s = FakeStream(next(gpu._handles))
             gpu.streams[s.handle] = s
@@ -243,9 +257,15 @@ class FakeGpu:
         def cudaMemcpyAsync(dst, src, count, kind, stream):
             s, count = gpu.stream(stream), int(count)
             if kind == cudaMemcpyKind.cudaMemcpyHostToDevice:
-                data = gpu.host(src, count).copy()  # pageable: staged at the call
+                pinned = gpu.is_pinned(src, count)
+                gpu.events.append({"op": "h2d", "bytes": count, "pinned": pinned})
                 gpu.view(dst, count)  # bounds check now, like a real invalid-argument error
-                op, what = (lambda: gpu.view(dst, count).__setitem__(slice(None), data)), "h2d"
+                if pinned:  # page-locked: read when the copy runs, so a reuse before sync shows
+                    op = lambda: gpu.view(dst, count).__setitem__(slice(None), gpu.host(src, count))  # noqa: E731
+                else:
+                    data = gpu.host(src, count).copy()  # pageable: staged at the call
+                    op = lambda: gpu.view(dst, count).__setitem__(slice(None), data)  # noqa: E731
+                what = "h2d"
             elif kind == cudaMemcpyKind.cudaMemcpyDeviceToHost:
                 gpu.view(src, count)
                 gpu.host(dst, count)
@@ -315,7 +335,8 @@ class FakeGpu:
         def cudaGetLastError():
             return (OK,)
 
-        for fn in (cudaSetDevice, cudaGetDeviceProperties, cudaGetErrorName, cudaMalloc, cudaFree,
+        for fn in (cudaSetDevice, cudaGetDeviceProperties, cudaGetErrorName, cudaMalloc, cudaFree, cudaMallocHost,
+                   cudaFreeHost,
                    cudaStreamCreateWithFlags, cudaStreamDestroy, cudaStreamSynchronize, cudaMemcpyAsync,
                    cudaMemcpy2DAsync, cudaStreamBeginCapture, cudaStreamEndCapture, cudaGraphInstantiateWithFlags,
                    cudaGraphDestroy, cudaGraphExecDestroy, cudaGraphLaunch, cudaGetLastError):

@@ -102,6 +102,18 @@ def _write_plan(root: Path, graph: str, onnx: Path, profiles: list[dict], **extr
     return rel
 
 
+def _profiles_at(data: dict, resolution: str) -> dict:
+    """exporter/trt/profiles.py's profiles for this export made at `resolution` (its schedules
+    are prefixes of the export's): the requests here run at 0.25M to keep the tests fast."""
+    schedules = {}
+    for aspect, schedule in data["schedules"].items():
+        scales = [list(hw) for hw in get_schedule(aspect, resolution).scales]
+        assert [list(hw) for hw in schedule["scales"][:len(scales)]] == scales
+        schedules[aspect] = dict(schedule, scales=scales)
+    engines = [e for e in data["engines"] if e["scale"] < len(schedules[e["aspect"]]["scales"])]
+    return all_profiles(dict(data, resolution=resolution, schedules=schedules, engines=engines))
+
+
 @pytest.fixture(scope="module")
 def trt_export(tiny_artifacts, tmp_path_factory):
     """A copy of the tiny export with fake engines whose profiles are exporter/trt/profiles.py's
@@ -114,7 +126,7 @@ def trt_export(tiny_artifacts, tmp_path_factory):
     reference = {label: _call(ort_pipe, request) for label, request in REQUESTS.items()}
     (root / ENGINE_DIR).mkdir(parents=True)
     graphs, built = {}, {}
-    for graph, specs in all_profiles(manifest.data).items():
+    for graph, specs in _profiles_at(manifest.data, BASE["resolution"]).items():
         onnx = manifest.graph_path(graph)
         built[graph] = [p.to_json()["shapes"] for p in specs]
         rel = _write_plan(root, graph, onnx, built[graph])
@@ -344,7 +356,7 @@ def test_device_buffers_are_reused_across_requests(trt_export, gpu):
 def test_shapes_outside_every_profile_are_refused_in_one_sentence(trt_export, gpu):
     pipe = _pipe(trt_export)
     with pytest.raises(StagevarError) as info:
-        pipe(PROMPT, seed=0, plan="stagevar", aspect="2:1", resolution="0.25M")
+        pipe(PROMPT, seed=0, plan="stagevar", aspect="2:1", resolution="1M")  # built for 0.25M
     assert "optimization profile" in _one_sentence(info)
 
 
@@ -429,8 +441,6 @@ def test_engine_selection_comes_from_engine_cache(trt_export, gpu, monkeypatch):
 def test_real_engine_cache_selects_the_build_record(trt_export, gpu, monkeypatch):
     """The engine build's record (as in the fixture) passes runtime/engine_cache.py's checks."""
     monkeypatch.delitem(sys.modules, "stagevar.runtime.engine_cache")
-    if importlib.util.find_spec("stagevar.runtime.engine_cache") is None:
-        pytest.skip("runtime/engine_cache.py is not written yet")
     pipe = _pipe(trt_export)
     assert pipe.backend.build["dir"] == ENGINE_DIR
     assert_same_output(_call(pipe, REQUESTS["stagevar"]), trt_export.reference["stagevar"])
@@ -442,8 +452,6 @@ def test_real_engine_cache_selects_the_build_record(trt_export, gpu, monkeypatch
 
 def test_real_engine_cache_refuses_an_export_without_engines(tiny_artifacts, gpu, monkeypatch):
     monkeypatch.delitem(sys.modules, "stagevar.runtime.engine_cache")
-    if importlib.util.find_spec("stagevar.runtime.engine_cache") is None:
-        pytest.skip("runtime/engine_cache.py is not written yet")
     with pytest.raises(StagevarError) as info:
         TrtBackend(load_manifest(tiny_artifacts, verify=False))
     _one_sentence(info)
@@ -620,9 +628,7 @@ def test_capture_policy_warms_up_captures_replays_and_gives_up():
 @pytest.fixture
 def real_trt_export(request, tmp_path):
     """The tiny export with engines built by this machine's TensorRT (stagevar-export build)."""
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine")
-    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed on this machine")
-    pytest.importorskip("polygraphy", reason="the engine build needs polygraphy")
+    request.getfixturevalue("tensorrt_stack")  # skips, or fails with STAGEVAR_TRT_REQUIRE=1
     from stagevar.exporter.trt.cli_build import run_build
 
     tiny_artifacts = request.getfixturevalue("tiny_artifacts")  # only once TensorRT is known present
@@ -647,11 +653,14 @@ def test_real_tensorrt_runs_in_place_replays_graphs_and_matches_ort(real_trt_exp
             np.testing.assert_array_equal(out.codes, outs[0].codes)
         be = trt_pipe.backend
         assert be.kv_scratch_copies == 0 and not np.isnan(be.last_kv_cache.buffer.numpy()).any()
-        # Random tiny weights: a flipped bit changes pixels, so compare in bulk, not exactly.
+        # fp32 without TF32 on both sides: a bit flips only on a logit tie (rarer than 1 in 1000
+        # with random tiny weights); identical codes decode within rounding everywhere.
         bits = [(a.bits == b.bits).mean() for a, b in zip(outs[0].intermediates, ref.intermediates)
                 if b.bits is not None]
-        assert min(bits) > 0.98, bits
-        assert np.abs(outs[0].images.astype(np.int16) - ref.images).mean() < 8.0
+        assert min(bits) >= 0.999, bits
+        (image,) = be.run_plain(gio.VAE_DECODER, {"codes": ref.codes})
+        (expected,) = ort_pipe.backend.run_plain(gio.VAE_DECODER, {"codes": ref.codes})
+        np.testing.assert_allclose(image, expected, rtol=1e-3, atol=1e-3)
     assert trt_pipe.backend.capture.launches > 0, "no CUDA graph was replayed"
     print("capture", vars(trt_pipe.backend.capture)["failures"], "failures;", trt_pipe.backend.describe())
 
@@ -739,3 +748,33 @@ def test_new_prompt_lengths_replay_the_captured_graphs(trt_export, gpu):
     for start in marks[2:]:
         assert not [e for e in _executes(gpu, start=start)], "a context ran plainly again after a new prompt length"
     assert pipe.backend.capture.invalidations == 0
+
+
+def test_large_uploads_come_from_pinned_memory_and_staging_stays_trimmed(trt_export, gpu):
+    """Defect 8. Guards against uploading LOWRANK's projections and Gumbel noise from pageable
+    memory (a synchronous driver-staged copy), and against one staging buffer per size class
+    kept for good (hundreds of 53 MB buffers across scales and aspects)."""
+    pipe = _pipe(trt_export)
+    be = pipe.backend
+    for label in ("stagevar", "exact", "stagevar-full", "stagevar"):
+        assert_same_output(_call(pipe, REQUESTS[label]), trt_export.reference[label])
+    uploads = [e for e in gpu.events if e["op"] == "h2d"]
+    assert uploads and all(e["pinned"] for e in uploads)
+    tensors = {(g, n) for g, eng in be.engines.items() for n in (*eng.inputs, *eng.outputs)}
+    assert {(g, n) for g, n, _ in be._staging} <= tensors
+    assert len(be._staging) == len(set(be._staging))  # one buffer per (graph, tensor, role)
+    assert be.fixed_pool.cached_bytes == 0
+
+
+def test_resident_weights_are_reported_per_backend(trt_export, gpu):
+    """Defect 6: the figure the bench JSON records (`resident_weights`), from what each backend
+    knows; guards against counting the shared transformer.weights once on the GPU, where every
+    engine (and every ORT CUDA session) holds its own copy."""
+    plans = {g: (trt_export.root / e["plan"]).stat().st_size for g, e in trt_export.record["graphs"].items()}
+    trt = TrtBackend(trt_export.manifest).resident_weights()
+    assert trt["by_graph"] == plans and trt["bytes"] == sum(plans.values())
+    ort_cpu = OrtBackend(trt_export.manifest).resident_weights()
+    files = {g: trt_export.root / trt_export.manifest.graphs[g]["weights"] for g in gio.GRAPHS}
+    assert ort_cpu["by_graph"] == {g: p.stat().st_size for g, p in files.items()}
+    assert ort_cpu["bytes"] == sum(p.stat().st_size for p in set(files.values()))  # the shared mmap once
+    assert ort_cpu["bytes"] < sum(ort_cpu["by_graph"].values())
