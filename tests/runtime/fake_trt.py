@@ -8,7 +8,13 @@ Its fake TensorRT engine runs the exported ONNX graph with onnxruntime on the bo
 memory and enforces TensorRT 10's rules as the backend relies on them: integer stream handles,
 one context per profile, shapes within the context's profile, every I/O address set and aligned
 (`required_alignment`, 256 bytes like TensorRT), user-managed context memory, and no capture of
-a context whose input shapes changed since its last plain run.
+a context whose input shapes changed since its last plain run. Where the real API is strict in
+ways the backend once missed (issue 15), so is the fake: a CUDA graph whose context was re-bound
+(any address, shape or profile change since the capture) is refused at launch; `load_library`
+returns None for a library whose creator is registered already or that cannot be loaded;
+`get_tensor_profile_shape` gives an invalid (dimensionless) shape for static inputs; TensorRT 11
+engines have no `device_memory_size`; cudaMalloc aligns to 256 bytes and no more; uploads from
+cudaMallocHost memory are read when the copy runs (pageable ones at the call), and logged.
 
 A "plan" is JSON: {"onnx": path, "profiles": [{input: [min, opt, max]}], "device_memory": bytes,
 "capture_fails": bool}. `gpu.events` logs executions, captures and launches for assertions.
@@ -98,9 +104,10 @@ class FakeGpu:
         self.total_memory = total_memory
         self.blocks: dict[int, np.ndarray] = {}
         self.bases: list[int] = []
-        # cudaMalloc guarantees 256-byte alignment and no more: addresses here are 256 mod 512,
-        # so code that assumes a coarser alignment of fresh allocations breaks.
-        self._next = DEVICE_BASE + 256
+        # cudaMalloc guarantees 256-byte alignment and no more: addresses here are 256 mod 512
+        # (`malloc_alignment` mod twice it), so code that assumes a coarser alignment breaks.
+        self.malloc_alignment = 256
+        self._next = DEVICE_BASE
         self.streams: dict[int, FakeStream] = {}
         self._handles = itertools.count(0x5000)
         self.events: list[dict] = []
@@ -118,10 +125,11 @@ class FakeGpu:
             return 0
         if self.used() + size > self.total_memory:
             raise MemoryError
-        base = self._next
+        a = self.malloc_alignment
+        base = -(-self._next // (2 * a)) * (2 * a) + a
         self.blocks[base] = np.zeros(size, np.uint8)
         bisect.insort(self.bases, base)
-        self._next += -(-size // 512) * 512 + 512  # stays 256 mod 512, with a gap
+        self._next = base + size + 256  # a gap after every block
         self.mallocs += 1
         return base
 
@@ -258,7 +266,7 @@ class FakeGpu:
             s, count = gpu.stream(stream), int(count)
             if kind == cudaMemcpyKind.cudaMemcpyHostToDevice:
                 pinned = gpu.is_pinned(src, count)
-                gpu.events.append({"op": "h2d", "bytes": count, "pinned": pinned})
+                gpu.events.append({"op": "h2d", "dst": int(dst), "bytes": count, "pinned": pinned})
                 gpu.view(dst, count)  # bounds check now, like a real invalid-argument error
                 if pinned:  # page-locked: read when the copy runs, so a reuse before sync shows
                     op = lambda: gpu.view(dst, count).__setitem__(slice(None), gpu.host(src, count))  # noqa: E731
