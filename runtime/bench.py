@@ -199,6 +199,8 @@ def benchmark_pipeline(
         "backend": type(pipe.backend).__name__.removesuffix("Backend").lower(),
         "device": pipe.backend.device,
         **_backend_details(pipe.backend),
+        # What the backend can tell without a GPU measurement (issue 15, defect 6).
+        "resident_weights": pipe.backend.resident_weights() if hasattr(pipe.backend, "resident_weights") else None,
         "artifacts": {"path": str(manifest.root), "preset": model.get("preset"),
                       "precision": manifest.data.get("precision"), "random_init": model.get("random_init")},
         "machine": machine,

@@ -108,6 +108,10 @@ class Cuda:
     def free(self, ptr: int) -> None:
         self.call("cudaFree", int(ptr))
 
+    def pinned(self, nbytes: int) -> "PinnedBuffer":
+        """Page-locked host memory (cudaMallocHost), freed when the buffer is collected."""
+        return PinnedBuffer(int(self.call("cudaMallocHost", max(int(nbytes), 1))), max(int(nbytes), 1), self)
+
     def upload(self, dst: int, host: np.ndarray) -> None:
         """Copy a C-contiguous host array to device address `dst` (stream-ordered)."""
         self.to_device(dst, host.ctypes.data, host.nbytes)
@@ -175,6 +179,26 @@ class Cuda:
             self.rt.cudaStreamSynchronize(self.stream)
             self.rt.cudaStreamDestroy(self.stream)
             self.stream = None
+
+
+class PinnedBuffer:
+    """`nbytes` of page-locked host memory at `ptr`; `array(n)` views its first n bytes."""
+
+    def __init__(self, ptr: int, nbytes: int, cuda: Cuda):
+        self.ptr, self.nbytes, self._cuda = ptr, nbytes, cuda
+
+    def array(self, nbytes: int) -> np.ndarray:
+        import ctypes
+
+        return np.ctypeslib.as_array((ctypes.c_ubyte * nbytes).from_address(self.ptr))
+
+    def __del__(self):
+        try:
+            if self._cuda.stream is not None:
+                self._cuda.sync()  # an asynchronous copy may still read it
+            self._cuda.rt.cudaFreeHost(self.ptr)
+        except Exception:  # interpreter shutdown
+            pass
 
 
 # ---- pooled allocations -------------------------------------------------------------------------
@@ -252,6 +276,13 @@ class MemoryPool:
             return
         bisect.insort(self._cached.setdefault(size, []), ptr)
         self.cached_bytes += size
+
+    def discard(self, allocation: Allocation) -> None:
+        """Free a live buffer now instead of caching it (a replaced staging buffer)."""
+        if allocation.pool is self:
+            allocation.pool = None
+            self.live_bytes -= allocation.nbytes
+            self._free(allocation.ptr)
 
     def trim(self) -> None:
         """Free every cached (unused) buffer."""

@@ -63,18 +63,11 @@ class KVCache:
         self.backend.kv_slot_writes += 1
 
     def compact(self, start: int, stop: int) -> None:
-        """Keep rows [start, stop) of every token (the null rows): one copy into a new buffer."""
+        """Keep rows [start, stop) of every token (the null rows): one copy into a new buffer,
+        made on the backend's device (`copy_range`), never through host memory."""
         old = self.buffer
         tail = (*self.tail[:2], stop - start, *self.tail[3:])
-        if not self.backend.use_ortvalues:
-            self.tail = tail
-            self.buffer = self._allocate(tail, old.dtype)
-            self.buffer.numpy()[: self.length] = old.numpy()[: self.length, :, :, start:stop]
-            return
-        host = np.empty((max(self.capacity, 1), *tail), old.dtype)
-        host[: self.length] = old.numpy()[: self.length, :, :, start:stop]
+        self.buffer = self._allocate(tail, old.dtype)
         self.tail = tail
-        self.buffer = self.backend.upload(host)
-        self.allocations += 1
-        self.backend.kv_allocations += 1
-        self.backend.kv_bytes += self.buffer.nbytes
+        if self.length:
+            self.backend.copy_range(old.rows(0, self.length), 3, start, stop, self.buffer.rows(0, self.length))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -23,9 +24,22 @@ from .load_memory import LoadEstimate, check_fits, estimate_load, read_graph_wei
 from .manifest import Manifest
 from .pointer_array import PointerRows
 from .shared_weights import SharedWeights
+from .trt_profiles import row_range
+
+_SLICE_GRAPHS = Path(__file__).with_name("data")  # slice_<dtype>.onnx (exporter/slice_graphs.py)
+_SLICE_RANK = 6
 
 DEVICES = ("cpu", "cuda")
 _CUDA_EP, _CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+# One precision policy for fp32 GEMMs everywhere: no TF32. The TensorRT build leaves TF32 off, and
+# ONNX Runtime's CUDA provider turns it on unless told not to; `stagevar-export build --check`
+# compares against sessions made with these same options.
+CUDA_PROVIDER_OPTIONS = {"use_tf32": "0"}
+
+
+def execution_providers(device: str) -> list:
+    """The onnxruntime providers of `device` ("cpu" or "cuda"), with the TF32 policy above."""
+    return [(_CUDA_EP, dict(CUDA_PROVIDER_OPTIONS)), _CPU_EP] if device == "cuda" else [_CPU_EP]
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
@@ -100,7 +114,7 @@ class OrtBackend:
         # thing with less ceremony. (Tests flip this on CPU to exercise the OrtValue path.)
         self.use_ortvalues = device != "cpu"
         self._dtypes: dict[tuple[str, str, str], np.dtype] = {}
-        providers = [_CUDA_EP, _CPU_EP] if device == "cuda" else [_CPU_EP]
+        providers = execution_providers(device)
         tables = read_graph_weights(manifest, graphs)
         self.load_estimate: LoadEstimate = estimate_load(manifest, device, graphs, tables)
         check_fits(self.load_estimate, manifest.root)
@@ -113,7 +127,28 @@ class OrtBackend:
         self.kv_allocations = 0
         self.kv_bytes = 0
         self.kv_slot_writes = 0
+        self.device_copies = 0  # device-to-device range copies (compaction, text rows)
         self.last_kv_cache: KVCache | None = None
+        self._providers = providers
+        self._slicers: dict[str, ort.InferenceSession] = {}
+
+    def resident_weights(self) -> dict:
+        """Weight bytes the loaded sessions keep resident, per graph, from the export's weights
+        files (manifest sizes). On the CPU, text_cond, step and fidelity memory-map one shared
+        transformer.weights (no pre-packing), so a shared file counts once; ONNX Runtime's CUDA
+        provider copies each session's initializers to the GPU, so there it counts per session
+        (an upper bound for text_cond, which reads part of the file)."""
+        files = self.manifest.data.get("files") or {}
+        by_graph, by_file = {}, {}
+        for name in self.sessions:
+            rel = (self.manifest.graphs.get(name) or {}).get("weights")
+            size = int((files.get(rel) or {}).get("bytes", 0)) if rel else 0
+            by_graph[name], by_file[rel] = size, size
+        shared = self.device == "cpu"
+        total = sum(by_file.values()) if shared else sum(by_graph.values())
+        return {"bytes": total, "by_graph": by_graph,
+                "basis": "weights files, shared mmap counted once" if shared
+                else "weights files, one device copy per session"}
 
     def _open(self, name: str, providers: list[str]) -> ort.InferenceSession:
         path = self.manifest.graph_path(name)
@@ -163,12 +198,46 @@ class OrtBackend:
         return DeviceArray(value.data_ptr(), tuple(array.shape), np.dtype(array.dtype), self.device, value)
 
     def select(self, array: DeviceArray, index: tuple) -> DeviceArray:
-        """A compact resident copy of `array[index]` (used once per request, at compaction).
+        """A compact resident copy of `array[index]` (used once per request, at compaction): on
+        the device for a range of one axis, through the host for any other index."""
+        found = row_range(array.shape, index) if self.use_ortvalues and array.shape else None
+        if found is None:
+            return self.upload(np.ascontiguousarray(array.numpy()[index]))
+        axis, start, stop = found
+        out = self.alloc((*array.shape[:axis], stop - start, *array.shape[axis + 1:]), array.dtype)
+        self.copy_range(array, axis, start, stop, out)
+        return out
 
-        Off the host the copy goes through host memory: the runtime has no device kernels of
-        its own, and this happens once per request, not per scale.
-        """
-        return self.upload(np.ascontiguousarray(array.numpy()[index]))
+    def copy_range(self, src: DeviceArray, axis: int, start: int, stop: int, out: DeviceArray) -> None:
+        """out = src[start:stop] along `axis`, on the device: ONNX Runtime has no device-to-device
+        copy in Python, so a one-node Slice graph (runtime/data/slice_<dtype>.onnx) writes `out`
+        in place; no byte goes through host memory."""
+        index = tuple(slice(start, stop) if a == axis else slice(None) for a in range(len(src.shape)))
+        if not self.use_ortvalues:
+            out.numpy()[...] = src.numpy()[index]
+            return
+        pad = _SLICE_RANK - len(src.shape)
+        if pad < 0 or src.dtype.name not in ("float32", "float16", "bfloat16"):
+            raise RuntimeError(f"copy_range supports rank <= {_SLICE_RANK} float tensors, not {src.dtype}{list(src.shape)}")
+        session = self._slicer(src.dtype.name)
+        binding = session.io_binding()
+        binding.bind_input("x", src.device, 0, src.dtype, [1] * pad + list(src.shape), src.ptr)
+        for name, value in (("starts", start), ("ends", stop), ("axes", axis + pad)):
+            binding.bind_cpu_input(name, np.array([value], np.int64))
+        binding.bind_output("y", out.device, 0, out.dtype, [1] * pad + list(out.shape), out.ptr)
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        if binding.get_outputs()[0].data_ptr() != out.ptr:
+            raise RuntimeError("onnxruntime did not write the sliced copy into its bound buffer")
+        self.device_copies += 1
+
+    def _slicer(self, dtype: str) -> ort.InferenceSession:
+        if dtype not in self._slicers:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self._slicers[dtype] = ort.InferenceSession(str(_SLICE_GRAPHS / f"slice_{dtype}.onnx"), options,
+                                                        providers=self._providers)
+        return self._slicers[dtype]
 
     # ---- graph contracts --------------------------------------------------------------------
 
@@ -238,6 +307,9 @@ class OrtBackend:
     def new_kv_cache(self, capacity: int, depth: int, rows: int, heads: int, head_dim: int,
                      dtype) -> "KVCache":
         """The one K/V buffer of a request, for `capacity` tokens (all its CFG/UNCOND scales)."""
+        # Free the previous request's cache first: holding it while allocating this one doubled
+        # device memory at request start (2B exact at 1M fp32: 2 x 10.3 GiB).
+        self.last_kv_cache = None
         cache = KVCache(self, capacity, (depth, 2, rows, heads, head_dim), np.dtype(dtype))
         self.last_kv_cache = cache
         return cache

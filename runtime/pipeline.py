@@ -34,7 +34,7 @@ from .rope import rope_cos_sin
 from .sampling import sample_bits
 from .schedules import ScaleSchedule
 from .stage_plan import Mode, StagePlan
-from .tokenize import encode_prompts, load_tokenizer_json
+from .tokenize import encode_prompts, load_tokenizer_json, pad_to_bucket
 
 BACKENDS = ("ort", "trt")
 _COND = gio.TEXT_COND_OUTPUTS  # sos, gss, head_ss, text_kv, text_bias
@@ -261,6 +261,8 @@ class Pipeline:
         t0 = time.perf_counter()
         spec, be = self.spec, self.backend
         ids, mask, _ = encode_prompts(self.tokenizer, prompts, max_length=spec.max_text_tokens)
+        # TensorRT: a fixed padded length per bucket keeps its contexts' shapes (and CUDA graphs).
+        ids, mask = pad_to_bucket(ids, mask, getattr(be, "text_buckets", None), self.tokenizer)
         (features,) = be.run_plain(gio.TEXT_ENCODER, {"input_ids": ids, "attention_mask": mask})
         rows, t, C = 2 * len(prompts), ids.shape[1], spec.embed_dim
         shapes = {"sos": (rows, C), "gss": (rows, 6, C), "head_ss": (rows, 2, C),

@@ -76,3 +76,18 @@ def encode_prompts(
         ids[b, : len(row)] = row
         mask[b, : len(row)] = 1
     return ids, mask, lengths
+
+
+def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, buckets, tokenizer: Tokenizer | None = None):
+    """`ids` and `mask` padded on the right to the smallest of `buckets` that holds them (masked
+    pad tokens change no valid row); unchanged when `buckets` is empty or none is long enough."""
+    width = ids.shape[1]
+    target = min((int(b) for b in buckets or () if int(b) >= width), default=width)
+    if target == width:
+        return ids, mask
+    pad_id = tokenizer.token_to_id(PAD_TOKEN) if tokenizer is not None else None
+    pad_id = PAD_ID if pad_id is None else pad_id
+    wide_ids = np.full((ids.shape[0], target), pad_id, dtype=ids.dtype)
+    wide_mask = np.zeros((mask.shape[0], target), dtype=mask.dtype)
+    wide_ids[:, :width], wide_mask[:, :width] = ids, mask
+    return wide_ids, wide_mask

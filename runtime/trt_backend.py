@@ -3,10 +3,11 @@
 One deserialized engine per graph and one execution context per optimization profile (created
 on first use, all sharing one scratch buffer: the backend runs one thing at a time on its one
 stream). A run picks the profile whose ranges contain its input shapes, binds every I/O tensor
-by address (TensorRT 10's name-based API), and executes; after one plain (warm-up) run of a given
-context, addresses and shapes, the next run of it is captured into a CUDA graph and later runs
-replay it. Device memory comes from a pool that reuses addresses, so the graphs stay valid from
-request to request. K/V slots are bound in place when their address is 256-byte aligned and
+by address (TensorRT 10's name-based API), and executes; after one plain (warm-up) run of a
+context with given shapes, its next run is captured into a CUDA graph and later runs replay it.
+A context keeps one graph, dropped as soon as any of its addresses or shapes change (TensorRT ties
+a captured enqueue to the context's state). Device memory comes from a pool that reuses
+addresses, so the graphs stay valid from request to request. K/V slots are bound in place when their address is 256-byte aligned and
 through an aligned scratch buffer plus one copy otherwise.
 
 TensorRT and cuda-python are imported when a backend is created, never at module import.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import importlib
 import mmap
 import time
-from collections import OrderedDict
 from typing import Mapping
 
 import numpy as np
@@ -26,12 +26,11 @@ from . import graph_io as gio
 from .cuda_memory import Cuda, CudaArray, CudaError, MemoryPool, TrtKVCache, host_array
 from .errors import StagevarError
 from .manifest import Manifest
-from .trt_engine import EngineInfo, ProfileContext, import_tensorrt, load_plugins
+from .trt_engine import EngineInfo, ProfileContext, context_memory_size, import_tensorrt, load_plugins
 from .trt_profiles import ALIGNMENT, CapturePolicy, is_aligned, row_range, row_range_copy, select_profile
 
 __all__ = ["TrtBackend", "TrtKVCache"]
 
-_STAGING_LIMIT = 512  # staging/scratch buffers kept per backend (keyed by graph, tensor, size)
 
 
 def _device_index(device: str) -> int:
@@ -41,6 +40,20 @@ def _device_index(device: str) -> int:
         return int(device[5:])
     raise StagevarError(f"Device {device!r} is not supported by the trt backend; use 'cuda' (or 'cuda:N'), "
                         f"or backend='ort' for the CPU.")
+
+
+def _text_buckets(eng: EngineInfo | None) -> tuple[int, ...] | None:
+    """The text lengths of the text encoder's exact profiles, which the pipeline pads prompts
+    to (so a new prompt length re-binds no context); None for engines with a length range."""
+    if eng is None:
+        return None
+    lengths = set()
+    for profile in eng.profiles:
+        lo, _, hi = profile.get("input_ids", ((), (), ()))
+        if len(lo) != 2 or lo != hi:
+            return None
+        lengths.add(lo[1])
+    return tuple(sorted(lengths)) or None
 
 
 def _nbytes(shape, dtype: np.dtype) -> int:
@@ -91,14 +104,18 @@ class TrtBackend:
         self.pool = MemoryPool(self.cuda.malloc, self.cuda.free)
         self.fixed_pool = MemoryPool(self.cuda.malloc, self.cuda.free)
         self.capture = CapturePolicy(cuda_graphs, release=self.cuda.destroy_exec)
-        self._staging: OrderedDict[tuple, object] = OrderedDict()
+        # One staging/scratch device buffer per (graph, tensor, role) and one pinned host buffer
+        # per (graph, input), sized for the input's largest profile shape (or grown): bounded by
+        # the engines' tensors, and stable addresses for the graphs captured with them.
+        self._staging: dict[tuple, object] = {}
+        self._pinned: dict[tuple, object] = {}
         self.engines = {name: self._load(name) for name in graphs}
         for eng in self.engines.values():
             if eng.host_inputs:  # host-side values would be baked into a graph: never capture
                 self.capture.disabled.add(eng.name)
-        sizes = [getattr(e.engine, "device_memory_size_v2", None) or e.engine.device_memory_size
-                 for e in self.engines.values()]
-        self._context_memory = self.fixed_pool.acquire(max([int(s) for s in sizes] + [1]))
+        sizes = [context_memory_size(e.engine) for e in self.engines.values()]
+        self._context_memory = self.fixed_pool.acquire(max(sizes + [1]))
+        self.text_buckets = _text_buckets(self.engines.get(gio.TEXT_ENCODER))
         self.session_seconds = 0.0
         self.kv_allocations = 0
         self.kv_bytes = 0
@@ -111,6 +128,13 @@ class TrtBackend:
         return {"backend": "trt", "device": self.device, "device_name": self.device_name,
                 "compute_capability": self.compute_capability, "tensorrt": self.trt.__version__,
                 "engines": self.build.get("dir"), "cuda_graphs": self.capture.enabled}
+
+    def resident_weights(self) -> dict:
+        """Weight bytes on the GPU, per engine, from the plan sizes (weights dominate a plan; each
+        engine holds its own copy, so step and fidelity each hold the transformer)."""
+        graphs = self.build.get("graphs", {})
+        by_graph = {name: (self.manifest.root / graphs[name]["plan"]).stat().st_size for name in self.engines}
+        return {"bytes": sum(by_graph.values()), "by_graph": by_graph, "basis": "engine plan sizes"}
 
     def _load(self, name: str) -> EngineInfo:
         entry = self.build.get("graphs", {}).get(name)
@@ -165,6 +189,7 @@ class TrtBackend:
         self.capture.clear()
         self.engines = {}
         self._staging.clear()
+        self._pinned.clear()
         self._context_memory = None
         self.pool.close()
         self.fixed_pool.close()
@@ -205,16 +230,35 @@ class TrtBackend:
         return out
 
     def _buffer(self, graph: str, name: str, role: str, nbytes: int):
-        """A persistent device buffer per (graph, tensor, role, size): staging for host values and
-        aligned scratch; persistent so the addresses, and the graphs captured with them, stay."""
-        key = (graph, name, role, self.fixed_pool.size_class(nbytes))
-        if key in self._staging:
-            self._staging.move_to_end(key)
-        else:
-            self._staging[key] = self.fixed_pool.acquire(nbytes)
-            while len(self._staging) > _STAGING_LIMIT:
-                self._staging.popitem(last=False)
-        return self._staging[key]
+        """The persistent device buffer of (graph, tensor, role): staging for host values and
+        aligned scratch. Persistent so the addresses, and the graphs captured with them, stay;
+        sized for the tensor's largest profile shape, so scales of every size share it."""
+        key = (graph, name, role)
+        buf = self._staging.get(key)
+        if buf is None or buf.nbytes < nbytes:
+            if buf is not None:
+                self.fixed_pool.discard(buf)  # freed now, not cached: the pool stays trimmed
+            self._staging[key] = buf = self.fixed_pool.acquire(max(nbytes, self._largest(graph, name)))
+        return buf
+
+    def _pinned_host(self, graph: str, name: str, nbytes: int):
+        """The page-locked host buffer inputs of (graph, name) are uploaded from: an asynchronous
+        copy from pageable memory is staged by the driver, synchronously (LOWRANK's projections
+        and Gumbel noise are 53 MB per chunk at 64x64). Reused after the run's synchronisation."""
+        key = (graph, name)
+        buf = self._pinned.get(key)
+        if buf is None or buf.nbytes < nbytes:
+            self._pinned[key] = buf = None  # the old one is freed before the new one is made
+            self._pinned[key] = buf = self.cuda.pinned(max(nbytes, self._largest(graph, name)))
+        return buf
+
+    def _largest(self, graph: str, name: str) -> int:
+        """Bytes of input `name` at its largest profile shape (0 for outputs)."""
+        eng = self.engines.get(graph)
+        if eng is None or name not in eng.inputs:
+            return 0
+        shapes = [p[name][2] for p in eng.profiles if name in p] or [eng.static.get(name, ())]
+        return max(_nbytes(s, eng.dtype(name, "input")) for s in shapes)
 
     # ---- graph contracts --------------------------------------------------------------------
 
@@ -302,7 +346,9 @@ class TrtBackend:
         if name in eng.host_inputs:
             return host.ctypes.data, tuple(host.shape)
         staging = self._buffer(eng.name, name, "in", host.nbytes)
-        self.cuda.upload(staging.ptr, host)
+        pinned = self._pinned_host(eng.name, name, host.nbytes)
+        pinned.array(host.nbytes)[:] = host.reshape(-1).view(np.uint8)
+        self.cuda.to_device(staging.ptr, pinned.ptr, host.nbytes)
         return staging.ptr, tuple(host.shape)
 
     def _prepare(self, eng: EngineInfo, shapes: dict[str, tuple[int, ...]]) -> ProfileContext:
@@ -319,8 +365,8 @@ class TrtBackend:
                     raise RuntimeError(f"TensorRT refused shape {list(shape)} for {eng.name}.{name}")
                 ctx.shapes[name] = shape
                 changed = True
-        if changed:  # TensorRT needs a plain run after new shapes before a capture
-            self.capture.forget_context(ctx.key)
+        if changed:  # the graph is stale, and TensorRT needs a plain run before a capture
+            self.capture.reshaped(ctx.key)
         return ctx
 
     def _execute(self, eng: EngineInfo, ctx: ProfileContext, bindings: dict[str, int]) -> None:
@@ -329,7 +375,8 @@ class TrtBackend:
                 if not ctx.ctx.set_tensor_address(name, ptr):
                     raise RuntimeError(f"TensorRT refused address {ptr:#x} for {eng.name}.{name}")
                 ctx.addresses[name] = ptr
-        key = (ctx.key, tuple(sorted(bindings.items())), tuple(sorted(ctx.shapes.items())))
+                self.capture.rebound(ctx.key)  # a graph replays the addresses it was captured with
+        key = ctx.key
         decision = self.capture.decide(eng.name, key)
         if decision == "launch":
             self.cuda.launch(self.capture.graphs[key])

@@ -6,6 +6,7 @@ TensorRT and cuda-python are imported by `import_tensorrt`, never at module impo
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from .errors import StagevarError
 from .manifest import Manifest, sha256_file
 
 _LOADED_PLUGINS: dict[str, object] = {}  # resolved path -> TensorRT library handle (per process)
+# (name, version, namespace) of the creators libstagevar_trt_plugin.so registers.
+PLUGIN_CREATORS = (("StageVarTokenRestore", "1", ""),)
 
 
 def import_tensorrt():
@@ -68,8 +71,12 @@ class EngineInfo:
         self.contexts: dict[int, ProfileContext] = {}
 
     def _profile(self, index: int) -> dict:
+        """{input: (min, opt, max)} of the dynamic inputs. Static inputs take their shape from the
+        engine: `get_tensor_profile_shape` may return an invalid Dims for them."""
         profile = {}
         for name in self.inputs:
+            if name in self.static:
+                continue
             try:
                 lo, opt, hi = (tuple(int(d) for d in dims) for dims in
                                self.engine.get_tensor_profile_shape(name, index))
@@ -90,6 +97,18 @@ class EngineInfo:
                                 f"no numpy type; export with fp32 or fp16 inputs and outputs.") from None
 
 
+def context_memory_size(engine) -> int:
+    """Device memory an execution context of `engine` needs (any profile). TensorRT 11's bindings
+    drop `device_memory_size`, and `device_memory_size_v2` may legitimately be 0: test for the
+    attributes instead of falling back on a falsy value."""
+    if hasattr(engine, "device_memory_size_v2"):
+        return int(engine.device_memory_size_v2)
+    if hasattr(engine, "get_device_memory_size_for_profile_v2"):
+        return max(int(engine.get_device_memory_size_for_profile_v2(i))
+                   for i in range(engine.num_optimization_profiles))
+    return int(engine.device_memory_size)
+
+
 def load_plugins(trt, manifest: Manifest, build: dict, plugins: str | None) -> None:
     """Register the plugin library the engines were built with, after checking its sha256."""
     entry = build.get("plugins")
@@ -107,7 +126,59 @@ def load_plugins(trt, manifest: Manifest, build: dict, plugins: str | None) -> N
     if sha256_file(path) != entry.get("sha256"):
         raise StagevarError(f"Plugin library {path} is not the one the TensorRT engines were built with (its sha256 "
                             f"differs); pass that library, or build the engines again.")
-    key = str(path.resolve())
-    if key not in _LOADED_PLUGINS:
-        # None when its creators are registered already (loaded earlier in this process).
-        _LOADED_PLUGINS[key] = trt.get_plugin_registry().load_library(key)
+    handle = register_plugin_library(trt, path.resolve())  # asks the registry first: no double load
+    if handle is not None:
+        _LOADED_PLUGINS[str(path.resolve())] = handle  # loaded libraries stay referenced
+
+
+def creators_registered(registry) -> bool:
+    """Whether every stagevar plugin creator is in TensorRT's registry already."""
+    get = getattr(registry, "get_creator", None)
+    if get is None:
+        return False
+    try:
+        return all(get(name, version, namespace) is not None for name, version, namespace in PLUGIN_CREATORS)
+    except Exception:  # bindings without the three-argument form
+        return False
+
+
+def register_plugin_library(trt, path: Path):
+    """Register the creators of libstagevar_trt_plugin.so with TensorRT; the library handle, or
+    None when they were registered already (a second build or backend in one process).
+
+    TensorRT's `load_library` returns None both for a library whose creators are registered
+    already and for one that cannot be loaded, so the registry is asked first and after. A
+    library that does not load is refused in one sentence naming the reason dlopen gives (a
+    dependency such as libcudart or a build-tree library that is not found).
+    """
+    registry = trt.get_plugin_registry()
+    if creators_registered(registry):
+        return None
+    reason = None
+    try:
+        handle = registry.load_library(str(path))
+    except Exception as exc:  # older bindings raise instead of returning None
+        handle, reason = None, _first_line(exc)
+    if handle is not None:
+        return handle
+    # dlopen it ourselves: its error names the missing dependency, and a library that does load
+    # registers its creators through its explicit entry point.
+    try:
+        lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        lib, reason = None, _first_line(exc)
+    else:
+        register = getattr(lib, "stagevar_register_trt_plugin", None)
+        if register is not None:
+            register()
+    if lib is not None and (creators_registered(registry) or not hasattr(registry, "get_creator")):
+        return lib
+    raise StagevarError(f"TensorRT could not load the plugin library {path} "
+                        f"({reason or 'it registered no StageVarTokenRestore creator'}); rebuild "
+                        f"libstagevar_trt_plugin.so for this TensorRT (one self-contained file: "
+                        f"`readelf -d` shows no build-tree RUNPATH) and build the engines again.")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -129,14 +129,16 @@ def row_range_copy(shape: Sequence[int], itemsize: int, axis: int, start: int, s
 
 
 class CapturePolicy:
-    """Decides per run: "plain" (execute_async_v3), "capture" (capture, then launch) or "launch".
+    """Decides per run of an execution context: "plain" (execute_async_v3), "capture" (capture,
+    then launch) or "launch" (replay its graph).
 
-    A key is one execution context with its bound addresses and shapes. A key is captured on its
-    second run, after one plain (warm-up) run: TensorRT must run once after input shapes change
-    before it can be captured, and its first run may allocate. When a context's input shapes
-    change, its graphs and warm-ups are forgotten. An engine (`group`) whose capture failed once
-    is never captured again. Instantiated graphs are kept in LRU order, `limit` at most; evicted
-    and forgotten ones are handed to `release`.
+    One graph per context (as trtexec keeps): TensorRT ties a captured enqueue to the context's
+    state at capture, so a graph is valid only while none of the context's addresses or shapes
+    changed. The backend reports changes: `rebound` (addresses) drops the context's graph;
+    `reshaped` (input shapes) also forgets its warm-up, because TensorRT must run once after new
+    shapes before a capture. A context is captured on its next run after a plain (warm-up) run.
+    An engine (`group`) whose capture failed once is never captured again. Graphs are kept in
+    LRU order, `limit` at most; evicted and dropped ones are handed to `release`.
     """
 
     def __init__(self, enabled: bool = True, limit: int = 256, release=lambda graph: None):
@@ -149,21 +151,22 @@ class CapturePolicy:
         self.attempts = 0
         self.failures = 0
         self.launches = 0
+        self.invalidations = 0  # graphs dropped because their context was re-bound or reshaped
 
-    def decide(self, group: Hashable, key: Hashable) -> str:
-        if key in self.graphs:
-            self.graphs.move_to_end(key)
+    def decide(self, group: Hashable, context: Hashable) -> str:
+        if context in self.graphs:
+            self.graphs.move_to_end(context)
             return "launch"
-        if not self.enabled or group in self.disabled or key not in self.warm:
+        if not self.enabled or group in self.disabled or context not in self.warm:
             return "plain"
         return "capture"
 
-    def ran_plain(self, key: Hashable) -> None:
-        self.warm.add(key)
+    def ran_plain(self, context: Hashable) -> None:
+        self.warm.add(context)
 
-    def captured(self, key: Hashable, graph) -> None:
+    def captured(self, context: Hashable, graph) -> None:
         self.attempts += 1
-        self.graphs[key] = graph
+        self.graphs[context] = graph
         while len(self.graphs) > self.limit:
             _, old = self.graphs.popitem(last=False)
             self.release(old)
@@ -173,12 +176,16 @@ class CapturePolicy:
         self.failures += 1
         self.disabled.add(group)
 
-    def forget_context(self, context: Hashable) -> None:
-        """Input shapes of `context` changed: its graphs and warm-ups are no longer valid.
-        Keys are tuples whose first item is the context."""
-        for key in [k for k in self.graphs if k[0] == context]:
-            self.release(self.graphs.pop(key))
-        self.warm = {k for k in self.warm if k[0] != context}
+    def rebound(self, context: Hashable) -> None:
+        """An address of `context` changed: its graph would replay the old addresses."""
+        if context in self.graphs:
+            self.release(self.graphs.pop(context))
+            self.invalidations += 1
+
+    def reshaped(self, context: Hashable) -> None:
+        """Input shapes of `context` changed: its graph is stale and it needs a plain run."""
+        self.rebound(context)
+        self.warm.discard(context)
 
     def clear(self) -> None:
         while self.graphs:

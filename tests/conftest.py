@@ -36,3 +36,25 @@ def tiny_artifacts(tiny_bundle, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("artifacts") / "infinity-tiny"
     return export_artifacts(tiny_bundle, out, aspects=("1:1", "2:1"))
+
+
+@pytest.fixture(scope="session")  # session: resolved before the (session) export fixtures
+def tensorrt_stack():
+    """tensorrt, once cuda-python and polygraphy are importable too; skips without them, or fails
+    with STAGEVAR_TRT_REQUIRE=1 (a GPU host in CI, where a missing TensorRT is a broken setup
+    that must not pass as "skipped")."""
+    import importlib
+    import os
+
+    missing = []
+    for name in ("tensorrt", "cuda.bindings.runtime", "polygraphy"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # ImportError, or the PyPI stub failing without NVIDIA's libraries
+            missing.append(f"{name} ({type(exc).__name__})")
+    if missing:
+        reason = f"needs {', '.join(missing)}: pip install stagevar[trt] on a machine with an NVIDIA GPU"
+        if os.environ.get("STAGEVAR_TRT_REQUIRE") == "1":
+            pytest.fail(f"STAGEVAR_TRT_REQUIRE=1 but {reason}")
+        pytest.skip(reason)
+    return importlib.import_module("tensorrt")

@@ -1,10 +1,14 @@
 """TensorRT optimisation profiles of every graph, derived from an export's manifest alone.
 
-DESIGN.md section 4: one engine per graph kind, one profile per manifest engine entry (one
-scale: min = opt = max for its tokens, past tokens, ranks and rows), so each scale gets tuned
-kernels while the weights stay resident once per graph. The text length t is the one range
-inside a profile: prompts are padded to the longest prompt of a request, 1..max_length tokens.
-text_encoder and text_cond get one profile over t, vae_decoder one per aspect template.
+DESIGN.md section 4: one engine per graph kind, one profile per distinct shape set of the
+manifest's engine entries (one scale: min = opt = max for its tokens, past tokens, ranks and
+rows), so each scale gets tuned kernels while the weights stay resident once per graph. Entries
+with equal shapes (the first scales of every aspect, mirrored aspects) share one profile: at 1M
+with 7 aspects that is 58 step profiles instead of 112. The text length t is the one range
+inside a step/fidelity profile (1..max_length tokens). The TensorRT backend pads prompts to a few
+fixed text lengths (TEXT_BUCKETS, and max_length), so a new prompt length does not change any
+context's shapes and the CUDA graphs captured for earlier requests replay: text_encoder and
+text_cond get one exact profile per bucket, vae_decoder one per aspect template.
 
 Pure Python (no TensorRT): the shapes are what the runtime pipeline binds, input by input, so
 they can be tested on any machine against a real ONNX Runtime run.
@@ -21,6 +25,8 @@ from stagevar.runtime.errors import StagevarError
 # text-to-image benchmarks are mostly 10-100 T5 tokens; 128 is a typical upper end.
 TEXT_OPT_TOKENS = 128
 TEXT_MIN_TOKENS = 1
+# Text lengths the TensorRT backend pads prompts to (with max_length): most prompts fit 64.
+TEXT_BUCKETS = (64, 128)
 
 Shape = tuple[int, ...]
 
@@ -58,6 +64,12 @@ class ModelDims:
                                 f"this stagevar version.") from None
 
     @property
+    def text_buckets(self) -> tuple[int, ...]:
+        """The padded text lengths of the text graphs' profiles: TEXT_BUCKETS below max, and max."""
+        top = self.max_text_tokens
+        return tuple(sorted({b for b in TEXT_BUCKETS if b < top} | {top}))
+
+    @property
     def text_range(self) -> tuple[int, int, int]:
         """(min, opt, max) text tokens."""
         top = self.max_text_tokens
@@ -69,19 +81,21 @@ class ProfileSpec:
     """One optimisation profile: min/opt/max shape of every input with a dynamic axis.
 
     `entry` is the index into manifest["engines"] (step, fidelity), `aspect` the aspect template
-    (step, fidelity, vae_decoder); both None for the text graphs.
+    (step, fidelity, vae_decoder) of the first entry it serves; both None for the text graphs.
+    `entries` lists every engine entry whose shapes it covers (de-duplicated by shape).
     """
 
     entry: int | None
     aspect: str | None
     shapes: tuple[tuple[str, tuple[Shape, Shape, Shape]], ...]
+    entries: tuple[int, ...] = ()
 
     def shape_dict(self) -> dict[str, tuple[Shape, Shape, Shape]]:
         return dict(self.shapes)
 
     def to_json(self) -> dict:
         """The manifest form: {"entry", "aspect", "shapes": {input: [min, opt, max]}}."""
-        return {"entry": self.entry, "aspect": self.aspect,
+        return {"entry": self.entry, "aspect": self.aspect, "entries": list(self.entries),
                 "shapes": {name: [list(s) for s in mmm] for name, mmm in self.shapes}}
 
     def contains(self, bound: dict[str, Shape]) -> bool:
@@ -114,7 +128,8 @@ def all_profiles(data: dict) -> dict[str, list[ProfileSpec]]:
 def graph_profiles(data: dict, graph: str) -> list[ProfileSpec]:
     """The profiles of one graph, checked against the graph's own ONNX input specs.
 
-    Profile i of step/fidelity serves the i-th manifest engine entry of that graph. Raises
+    Profiles are in the order of the first engine entry each serves; equal shape sets share one
+    profile (`entries`). Raises
     StagevarError when the export's inputs do not follow this stagevar's graph contract.
     """
     dims = ModelDims.from_manifest(data)
@@ -122,13 +137,13 @@ def graph_profiles(data: dict, graph: str) -> list[ProfileSpec]:
     specs = _input_specs(data, graph, names)
     text = dims.text_range
     if graph in (gio.TEXT_ENCODER, gio.TEXT_COND):
-        points = [(None, None, {"n": dims.batch, "t": text})]
+        points = [(None, None, {"n": dims.batch, "t": t}) for t in dims.text_buckets]
     elif graph == gio.VAE_DECODER:
         points = [(None, aspect, _vae_point(dims, data, aspect)) for aspect in _aspects(data)]
     else:
         points = [(i, e.get("aspect"), _scale_point(dims, data, e))
                   for i, e in enumerate(data.get("engines", [])) if e.get("graph") == graph]
-    profiles = []
+    profiles: dict[tuple, ProfileSpec] = {}  # shapes -> profile: one per distinct shape set
     for entry, aspect, point in points:
         shapes = []
         symbols: tuple[dict, dict, dict] = ({}, {}, {})  # symbolic dim -> value at min/opt/max
@@ -137,8 +152,11 @@ def graph_profiles(data: dict, graph: str) -> list[ProfileSpec]:
             _check_against_spec(graph, name, mmm, specs[name], symbols)
             if any(isinstance(d, str) for d in specs[name]["shape"]):  # a dynamic input
                 shapes.append((name, mmm))
-        profiles.append(ProfileSpec(entry, aspect, tuple(shapes)))
-    return profiles
+        key = tuple(shapes)
+        first = profiles.get(key)
+        served = (first.entries if first else ()) + ((entry,) if entry is not None else ())
+        profiles[key] = ProfileSpec(first.entry if first else entry, first.aspect if first else aspect, key, served)
+    return list(profiles.values())
 
 
 # --------------------------------------------------------------------------------------------

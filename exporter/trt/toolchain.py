@@ -24,6 +24,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.trt_engine import register_plugin_library
 
 from .profiles import ProfileSpec
 
@@ -126,28 +127,11 @@ class PolygraphyToolchain:
 
     def load_plugins(self, path: Path) -> None:
         """Register the plugin creators of a library before parsing, so the ONNX parser maps the
-        custom nodes to them. Uses TensorRT's loader (the library's exported getCreators), else
-        dlopen with RTLD_GLOBAL plus stagevar's explicit registration entry point."""
-        registry = self.trt.get_plugin_registry()
-        handle, reason = None, None
-        try:
-            handle = registry.load_library(str(path))
-        except Exception as exc:  # older bindings raise, newer return None
-            reason = _first_line(exc)
+        custom nodes to them (runtime.trt_engine.register_plugin_library: a library registered
+        already in this process is not loaded twice; one that does not load is refused)."""
+        handle = register_plugin_library(self.trt, Path(path))
         if handle is not None:
             self._libraries.append(handle)
-            return
-        try:
-            lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:
-            raise StagevarError(f"The plugin library {path} cannot be loaded ({_first_line(exc)}); "
-                                f"pass a libstagevar_trt_plugin.so built against this TensorRT.") from None
-        self._libraries.append(lib)
-        register = getattr(lib, "stagevar_register_trt_plugin", None)
-        if register is not None and register() != 0:
-            raise StagevarError(f"The plugin library {path} failed to register its TensorRT plugin "
-                                f"({reason or 'registerCreator returned false'}); rebuild it against "
-                                f"TensorRT {self.trt_version}.")
 
     # ---- build ------------------------------------------------------------------------------
 

@@ -143,10 +143,10 @@ def _ort_session(path: Path, providers):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if providers is None:
-        providers = ["CPUExecutionProvider"]
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            # The reference must be true fp32: ONNX Runtime's CUDA provider allows TF32 unless told not to.
-            providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+        from stagevar.runtime.ort_backend import execution_providers
+
+        # The reference is true fp32, as the ort backend runs it (the one TF32 policy, off).
+        providers = execution_providers("cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception:

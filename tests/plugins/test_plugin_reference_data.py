@@ -85,6 +85,34 @@ def test_cmake_build_and_ctest(tmp_path):
         return proc
 
     run([cmake, "-S", str(REPO), "-B", str(build)], timeout=60)
-    run([cmake, "--build", str(build), "-j2"], timeout=120)
+    run([cmake, "--build", str(build), "-j2"], timeout=600)  # CUDA: four architectures
     proc = run([ctest, "--test-dir", str(build), "--output-on-failure"], timeout=60)
     assert "100% tests passed" in proc.stdout
+    # Defect 1 of issue 15: what the plugin is linked like loads alone (built where nvcc exists).
+    for name in ("libstagevar_cuda_selfcontained.so", "libstagevar_trt_plugin.so"):
+        if (build / name).exists():
+            run(["bash", str(PLUGINS / "check_self_contained.sh"), str(build / name), str(build)], timeout=60)
+
+
+def test_the_self_contained_check_refuses_the_old_plugin_linkage(tmp_path):
+    """Issue 15, defect 1. Guards against check_self_contained.sh passing what broke users: a
+    plugin needing a second stagevar library (and the shared cudart) found only through the
+    build tree's RUNPATH."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or shutil.which("readelf") is None:
+        pytest.skip("no C compiler or readelf on PATH")
+    src = tmp_path / "f.c"
+    src.write_text("int f(void) { return 0; }\n")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "libstagevar_plugins_cuda.so"), str(src)], check=True)
+    old = tmp_path / "libstagevar_trt_plugin.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(old), str(src), f"-L{tmp_path}", "-Wl,--no-as-needed",
+                    "-lstagevar_plugins_cuda", f"-Wl,-rpath,{tmp_path}"], check=True)
+    check = PLUGINS / "check_self_contained.sh"
+    proc = subprocess.run(["bash", str(check), str(old), str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "RUNPATH" in proc.stderr or "RPATH" in proc.stderr
+    assert "libstagevar_plugins_cuda.so" in proc.stderr
+    alone = tmp_path / "libalone.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(alone), str(src)], check=True)
+    proc = subprocess.run(["bash", str(check), str(alone), str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

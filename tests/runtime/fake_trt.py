@@ -8,7 +8,13 @@ Its fake TensorRT engine runs the exported ONNX graph with onnxruntime on the bo
 memory and enforces TensorRT 10's rules as the backend relies on them: integer stream handles,
 one context per profile, shapes within the context's profile, every I/O address set and aligned
 (`required_alignment`, 256 bytes like TensorRT), user-managed context memory, and no capture of
-a context whose input shapes changed since its last plain run.
+a context whose input shapes changed since its last plain run. Where the real API is strict in
+ways the backend once missed (issue 15), so is the fake: a CUDA graph whose context was re-bound
+(any address, shape or profile change since the capture) is refused at launch; `load_library`
+returns None for a library whose creator is registered already or that cannot be loaded;
+`get_tensor_profile_shape` gives an invalid (dimensionless) shape for static inputs; TensorRT 11
+engines have no `device_memory_size`; cudaMalloc aligns to 256 bytes and no more; uploads from
+cudaMallocHost memory are read when the copy runs (pageable ones at the call), and logged.
 
 A "plan" is JSON: {"onnx": path, "profiles": [{input: [min, opt, max]}], "device_memory": bytes,
 "capture_fails": bool}. `gpu.events` logs executions, captures and launches for assertions.
@@ -22,6 +28,7 @@ import enum
 import itertools
 import json
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -79,6 +86,15 @@ class FakeGraph:
     def __init__(self, ops):
         self.ops, self.id, self.destroyed = list(ops), next(self._ids), False
 
+    def check_contexts(self) -> None:
+        """TensorRT ties a captured enqueue to its context's state at capture (addresses, shapes,
+        profile): replaying it after the context was re-bound runs with stale parameters."""
+        for op in self.ops:
+            ctx, generation = getattr(op, "context", (None, None))
+            if ctx is not None and ctx.generation != generation:
+                raise FakeFault(f"CUDA graph {self.id} replayed after its execution context was re-bound "
+                                f"(addresses or shapes changed since the capture)")
+
 
 class FakeGpu:
     """Device memory, streams, graphs and the two fake modules over them."""
@@ -88,11 +104,16 @@ class FakeGpu:
         self.total_memory = total_memory
         self.blocks: dict[int, np.ndarray] = {}
         self.bases: list[int] = []
+        # cudaMalloc guarantees 256-byte alignment and no more: addresses here are 256 mod 512
+        # (`malloc_alignment` mod twice it), so code that assumes a coarser alignment breaks.
+        self.malloc_alignment = 256
         self._next = DEVICE_BASE
         self.streams: dict[int, FakeStream] = {}
         self._handles = itertools.count(0x5000)
         self.events: list[dict] = []
         self.mallocs = 0
+        self.trt_version = "10.9.0.34"
+        self.pinned: dict[int, np.ndarray] = {}  # cudaMallocHost blocks by address
 
     # ---- memory ------------------------------------------------------------------------------
 
@@ -104,10 +125,11 @@ class FakeGpu:
             return 0
         if self.used() + size > self.total_memory:
             raise MemoryError
-        base = self._next
+        a = self.malloc_alignment
+        base = -(-self._next // (2 * a)) * (2 * a) + a
         self.blocks[base] = np.zeros(size, np.uint8)
         bisect.insort(self.bases, base)
-        self._next += -(-size // (1 << 16)) * (1 << 16) + (1 << 16)  # 64 KiB aligned, with a gap
+        self._next = base + size + 256  # a gap after every block
         self.mallocs += 1
         return base
 
@@ -145,6 +167,9 @@ class FakeGpu:
         return np.ctypeslib.as_array((ctypes.c_ubyte * nbytes).from_address(ptr)) if nbytes else np.empty(0, np.uint8)
 
     # ---- streams -----------------------------------------------------------------------------
+
+    def is_pinned(self, ptr: int, nbytes: int) -> bool:
+        return any(base <= ptr and ptr + nbytes <= base + block.nbytes for base, block in self.pinned.items())
 
     def stream(self, value) -> FakeStream:
         handle = int(value)
@@ -209,6 +234,16 @@ class FakeGpu:
             gpu.free(int(ptr))
             return (OK,)
 
+        def cudaMallocHost(size):
+            block = np.zeros(int(size), np.uint8)
+            gpu.pinned[block.ctypes.data] = block
+            return OK, block.ctypes.data
+
+        def cudaFreeHost(ptr):
+            if gpu.pinned.pop(int(ptr), None) is None:
+                raise FakeFault(f"cudaFreeHost of {ptr:#x}, which cudaMallocHost did not return")
+            return (OK,)
+
         def cudaStreamCreateWithFlags(flags):
             s = FakeStream(next(gpu._handles))
             gpu.streams[s.handle] = s
@@ -230,9 +265,15 @@ class FakeGpu:
         def cudaMemcpyAsync(dst, src, count, kind, stream):
             s, count = gpu.stream(stream), int(count)
             if kind == cudaMemcpyKind.cudaMemcpyHostToDevice:
-                data = gpu.host(src, count).copy()  # pageable: staged at the call
+                pinned = gpu.is_pinned(src, count)
+                gpu.events.append({"op": "h2d", "dst": int(dst), "bytes": count, "pinned": pinned})
                 gpu.view(dst, count)  # bounds check now, like a real invalid-argument error
-                op, what = (lambda: gpu.view(dst, count).__setitem__(slice(None), data)), "h2d"
+                if pinned:  # page-locked: read when the copy runs, so a reuse before sync shows
+                    op = lambda: gpu.view(dst, count).__setitem__(slice(None), gpu.host(src, count))  # noqa: E731
+                else:
+                    data = gpu.host(src, count).copy()  # pageable: staged at the call
+                    op = lambda: gpu.view(dst, count).__setitem__(slice(None), data)  # noqa: E731
+                what = "h2d"
             elif kind == cudaMemcpyKind.cudaMemcpyDeviceToHost:
                 gpu.view(src, count)
                 gpu.host(dst, count)
@@ -293,6 +334,7 @@ class FakeGpu:
             if graph_exec.destroyed:
                 raise FakeFault("launching a destroyed graph")
             s = gpu.stream(stream)
+            graph_exec.check_contexts()
             gpu.events.append({"op": "launch", "graph": graph_exec.id})
             for op in graph_exec.ops:
                 gpu.submit(s, op, "graph")
@@ -301,7 +343,8 @@ class FakeGpu:
         def cudaGetLastError():
             return (OK,)
 
-        for fn in (cudaSetDevice, cudaGetDeviceProperties, cudaGetErrorName, cudaMalloc, cudaFree,
+        for fn in (cudaSetDevice, cudaGetDeviceProperties, cudaGetErrorName, cudaMalloc, cudaFree, cudaMallocHost,
+                   cudaFreeHost,
                    cudaStreamCreateWithFlags, cudaStreamDestroy, cudaStreamSynchronize, cudaMemcpyAsync,
                    cudaMemcpy2DAsync, cudaStreamBeginCapture, cudaStreamEndCapture, cudaGraphInstantiateWithFlags,
                    cudaGraphDestroy, cudaGraphExecDestroy, cudaGraphLaunch, cudaGetLastError):
@@ -310,6 +353,7 @@ class FakeGpu:
 
     def modules(self, trt_version: str = "10.9.0.34") -> dict[str, types.ModuleType]:
         """sys.modules entries: tensorrt, cuda, cuda.bindings, cuda.bindings.runtime."""
+        self.trt_version = trt_version
         rt = self.cudart()
         bindings = types.ModuleType("cuda.bindings")
         bindings.__path__, bindings.runtime = [], rt
@@ -377,7 +421,9 @@ class FakeEngine:
         self.output_names = [n for n in self.names if self.io[n][0] is TensorIOMode.OUTPUT]
         self.profiles = [{n: [tuple(s) for s in r] for n, r in p.items()} for p in spec["profiles"]]
         self.num_optimization_profiles = len(self.profiles)
-        self.device_memory_size = self.device_memory_size_v2 = int(spec.get("device_memory", 1 << 16))
+        self.device_memory_size_v2 = int(spec.get("device_memory", 1 << 16))
+        if int(gpu.trt_version.split(".")[0]) < 11:  # TensorRT 11's bindings drop device_memory_size
+            self.device_memory_size = self.device_memory_size_v2
         self.capture_fails = bool(spec.get("capture_fails", False))
         self.profile_owner: dict[int, "FakeContext"] = {}
         self._out_shapes: dict[tuple, dict] = {}
@@ -404,10 +450,14 @@ class FakeEngine:
     def get_tensor_profile_shape(self, name, index):
         if self.io[name][0] is not TensorIOMode.INPUT:
             raise RuntimeError(f"{name} is not an input")
+        if -1 not in self.io[name][2] or name not in self.profiles[index]:
+            # A static input has no profile shapes: TensorRT returns an invalid Dims (nbDims -1),
+            # which reads as shapes without dimensions; the engine's own shape is the valid one.
+            return [(), (), ()]
         return [list(s) for s in self.profiles[index][name]]
 
     def get_device_memory_size_for_profile_v2(self, index):
-        return self.device_memory_size
+        return self.device_memory_size_v2
 
     def create_execution_context(self, strategy=ExecutionContextAllocationStrategy.STATIC):
         return FakeContext(self, strategy)
@@ -430,13 +480,14 @@ class FakeContext:
         self.shapes: dict[str, tuple] = dict(self.static)
         self.addresses: dict[str, int] = {}
         self.memory: tuple[int, int] | None = None
+        self.generation = 0  # bumped by every change of addresses, shapes or profile
         self.shapes_dirty = True  # a plain run must follow new input shapes before a capture
 
     def set_device_memory(self, ptr, size):
         _require_int(ptr, "set_device_memory"), _require_int(size, "set_device_memory")
         if self.strategy is not ExecutionContextAllocationStrategy.USER_MANAGED:
             raise FakeFault("set_device_memory on a context that manages its own memory")
-        if size < self.engine.device_memory_size or ptr % 256:
+        if size < self.engine.device_memory_size_v2 or ptr % 256:
             raise FakeFault("context memory too small or misaligned")
         self.gpu.view(ptr, size)
         self.memory = (ptr, size)
@@ -452,6 +503,7 @@ class FakeContext:
             return False  # a profile serves one context at a time
         self.engine.profile_owner[index] = self
         self.profile, self.shapes, self.shapes_dirty = index, dict(self.static), True
+        self.generation += 1
         return True
 
     def set_input_shape(self, name, shape):
@@ -465,6 +517,7 @@ class FakeContext:
             return False
         if self.shapes.get(name) != shape:
             self.shapes[name], self.shapes_dirty = shape, True
+            self.generation += 1
         return True
 
     def get_tensor_shape(self, name):
@@ -478,7 +531,9 @@ class FakeContext:
         _require_int(ptr, "set_tensor_address")
         if name not in self.engine.io or ptr % self.gpu.required_alignment:
             return False  # TensorRT logs an API usage error and refuses
-        self.addresses[name] = ptr
+        if self.addresses.get(name) != ptr:
+            self.addresses[name] = ptr
+            self.generation += 1
         return True
 
     def execute_async_v3(self, stream_handle):
@@ -514,10 +569,42 @@ class FakeContext:
                 if tuple(value.shape) != out_shapes[name]:
                     raise FakeFault(f"{name}: shape {value.shape} != {out_shapes[name]}")
                 self.gpu.write(bindings[name], value.astype(nptype(eng.io[name][1]), copy=False))
+        run.context = (self, self.generation)
         self.gpu.submit(stream, run, "execute")
         if not captured:
             self.shapes_dirty = False
         return True
+
+
+class FakePluginRegistry:
+    """TensorRT's plugin registry as the loaders see it. `load_library` returns None, like the
+    real one, both when the library's creators are registered already (a second load in one
+    process) and when it cannot be loaded (a missing dependency: here any file that does not
+    start with PLUGIN_BYTES); otherwise it registers the stagevar creator and returns a handle.
+    `get_creator(name, version, namespace)` looks a creator up (None when absent)."""
+
+    PLUGIN_BYTES = b"fake plugin"
+    CREATOR = ("StageVarTokenRestore", "1", "")
+
+    def __init__(self):
+        self.creators: dict[tuple, object] = {}
+        self.loaded: list[str] = []
+
+    def load_library(self, path):
+        if not isinstance(path, str):
+            raise TypeError("load_library(): incompatible function arguments (path must be str)")
+        self.loaded.append(path)
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return None
+        if not data.startswith(self.PLUGIN_BYTES) or self.CREATOR in self.creators:
+            return None  # TensorRT logs the dlopen error or "creator already registered"
+        self.creators[self.CREATOR] = object()
+        return object()
+
+    def get_creator(self, name, version, plugin_namespace=""):
+        return self.creators.get((name, version, plugin_namespace))
 
 
 def fake_tensorrt(gpu: FakeGpu, version: str) -> types.ModuleType:
@@ -539,12 +626,8 @@ def fake_tensorrt(gpu: FakeGpu, version: str) -> types.ModuleType:
                 return None  # TensorRT logs a deserialization error and returns None
             return FakeEngine(gpu, spec)
 
-    class Registry:
-        def load_library(self, path):
-            trt.loaded_libraries.append(path)
-            return object()
-
-    registry = Registry()
+    registry = FakePluginRegistry()
+    trt.loaded_libraries = registry.loaded
     trt.Runtime = Runtime
     trt.init_libnvinfer_plugins = lambda logger, namespace: True
     trt.get_plugin_registry = lambda: registry

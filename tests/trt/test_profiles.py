@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from stagevar.exporter.trt.profiles import TEXT_OPT_TOKENS, ModelDims, all_profiles, graph_profiles
+from stagevar.exporter.trt.profiles import TEXT_BUCKETS, TEXT_OPT_TOKENS, ModelDims, all_profiles, graph_profiles
 from stagevar.runtime import graph_io as gio
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.manifest import load_manifest
@@ -70,25 +70,45 @@ def test_every_graph_gets_the_profiles_the_design_asks_for(manifest):
     profiles = all_profiles(data)
     assert list(profiles) == list(gio.GRAPHS)
     engines, top = data["engines"], data["tokenizer"]["max_length"]
+    shared = 0
     for graph in (gio.STEP, gio.FIDELITY):
-        # One profile per engine entry of the graph, in manifest order.
-        assert [p.entry for p in profiles[graph]] == [i for i, e in enumerate(engines) if e["graph"] == graph]
+        # Every engine entry of the graph is served by exactly one profile, in manifest order of
+        # first use, and no two profiles have the same shapes (issue 15, defect 6: entries of
+        # equal shapes, as the first scales of every aspect, used to get a profile each).
+        served = [i for p in profiles[graph] for i in p.entries]
+        assert sorted(served) == [i for i, e in enumerate(engines) if e["graph"] == graph]
+        assert [p.entry for p in profiles[graph]] == [p.entries[0] for p in profiles[graph]]
+        assert len({p.shapes for p in profiles[graph]}) == len(profiles[graph])
+        shared += len(served) - len(profiles[graph])
         for p in profiles[graph]:
-            e = engines[p.entry]
-            assert p.aspect == e["aspect"]
-            for name, (lo, opt, hi) in p.shapes:  # the text length t is the only range
-                if name == "text_kv":
-                    assert (lo[4], hi[4]) == (1, top) and lo[:4] == hi[:4] and lo[5:] == hi[5:]
-                elif name == "text_bias":
-                    assert lo == (e["rows"], 1) and hi == (e["rows"], top)
-                else:
-                    assert lo == opt == hi, (graph, name)
+            assert p.aspect == engines[p.entry]["aspect"]
+            for i in p.entries:
+                e = engines[i]
+                assert p.contains(_entry_shapes(data, graph, i))
+                for name, (lo, opt, hi) in p.shapes:  # the text length t is the only range
+                    if name == "text_kv":
+                        assert (lo[4], hi[4]) == (1, top) and lo[:4] == hi[:4] and lo[5:] == hi[5:]
+                    elif name == "text_bias":
+                        assert lo == (e["rows"], 1) and hi == (e["rows"], top)
+                    else:
+                        assert lo == opt == hi, (graph, name)
+    assert shared > 0  # the tiny export's 1:1 and 2:1 schedules share their first scales
     assert [p.aspect for p in profiles[gio.VAE_DECODER]] == data["aspects"]
     for graph in (gio.TEXT_ENCODER, gio.TEXT_COND):
-        (p,) = profiles[graph]
-        lo, opt, hi = p.shape_dict()["attention_mask"]
-        assert lo == (data["batch"], 1) and hi == (data["batch"], top)
-        assert opt == (data["batch"], min(TEXT_OPT_TOKENS, top))
+        # One exact profile per padded text length (issue 15, defect 5), the longest included.
+        lengths = [p.shape_dict()["attention_mask"][0][1] for p in profiles[graph]]
+        assert lengths == sorted({b for b in TEXT_BUCKETS if b < top} | {top})
+        for p in profiles[graph]:
+            lo, opt, hi = p.shape_dict()["attention_mask"]
+            assert lo == opt == hi and lo[0] == data["batch"]
+
+
+def _entry_shapes(data, graph, index):
+    """Input shapes of engine entry `index` at the shortest text, from graph_profiles' rules
+    applied to that entry alone (a one-entry manifest)."""
+    one = dict(data, engines=[data["engines"][index]])
+    (p,) = graph_profiles(one, graph)
+    return {name: mmm[0] for name, mmm in p.shapes}
 
 
 def test_fidelity_profiles_follow_the_graph_io_contract(manifest):
@@ -121,10 +141,14 @@ def test_every_shape_the_pipeline_binds_lies_in_its_profile(manifest, bound):
         for name, shape in shapes.items():  # static inputs: exactly the exported shape
             if not any(isinstance(d, str) for d in specs[graph][name]):
                 assert list(shape) == specs[graph][name], (graph, name)
+        if graph in (gio.TEXT_ENCODER, gio.TEXT_COND):  # the trt backend pads t to a bucket
+            t = shapes["attention_mask"][1]
+            padded = min(b for b in ModelDims.from_manifest(data).text_buckets if b >= t)
+            shapes = {n: (*s[:1], padded, *s[2:]) for n, s in shapes.items()}
         matching = [p for p in profiles[graph] if p.contains(shapes)]
         assert matching, (graph, request, shapes)
         if graph in (gio.STEP, gio.FIDELITY):
-            entries = [data["engines"][p.entry] for p in matching]
+            entries = [data["engines"][i] for p in matching for i in p.entries]
             assert any(e["scale"] == scale and e["aspect"] == request["aspect"] and e["graph"] == graph
                        for e in entries), (graph, request, scale)
         if graph == gio.VAE_DECODER:
@@ -156,4 +180,4 @@ def test_profiles_serialise_to_the_manifest_form(manifest):
     p = graph_profiles(manifest.data, gio.VAE_DECODER)[0]
     j = p.to_json()
     assert json.loads(json.dumps(j)) == j
-    assert set(j) == {"entry", "aspect", "shapes"} and j["shapes"]["codes"][0] == list(p.shape_dict()["codes"][0])
+    assert set(j) == {"entry", "aspect", "entries", "shapes"} and j["shapes"]["codes"][0] == list(p.shape_dict()["codes"][0])

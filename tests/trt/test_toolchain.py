@@ -6,6 +6,7 @@ so these tests pin the argument names and shapes the build passes to Polygraphy.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -183,15 +184,44 @@ def test_the_gpu_is_read_through_cuda_python(monkeypatch):
     assert gpu.compute_capability == "8.9" and gpu.name == "NVIDIA L4"
 
 
+def _fake_registry():
+    spec = importlib.util.spec_from_file_location(
+        "stagevar_tests_fake_trt", Path(__file__).parents[1] / "runtime" / "fake_trt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FakePluginRegistry()
+
+
 def test_plugin_libraries_go_through_the_registry(tmp_path):
-    loaded = []
+    registry = _fake_registry()
     trt = _fake_trt()
-    trt.get_plugin_registry = lambda: types.SimpleNamespace(load_library=lambda p: loaded.append(p) or object())
+    trt.get_plugin_registry = lambda: registry
     lib = tmp_path / "libstagevar_trt_plugin.so"
-    lib.write_bytes(b"")
+    lib.write_bytes(registry.PLUGIN_BYTES)
     PolygraphyToolchain(trt).load_plugins(lib)
-    assert loaded == [str(lib)]
-    # A library TensorRT's loader rejects and dlopen cannot open: one sentence.
-    trt.get_plugin_registry = lambda: types.SimpleNamespace(load_library=lambda p: None)
-    with pytest.raises(StagevarError, match="cannot be loaded"):
-        PolygraphyToolchain(trt).load_plugins(Path(lib))
+    assert registry.loaded == [str(lib)] and registry.get_creator("StageVarTokenRestore", "1", "")
+    # A library TensorRT's loader rejects and dlopen cannot open: one sentence with dlopen's reason.
+    broken = tmp_path / "libbroken.so"
+    broken.write_bytes(b"\x7fELF truncated")
+    with pytest.raises(StagevarError, match="could not load the plugin library .*libbroken.so"):
+        PolygraphyToolchain(_with_registry(_fake_trt(), _fake_registry())).load_plugins(broken)
+
+
+def _with_registry(trt, registry):
+    trt.get_plugin_registry = lambda: registry
+    return trt
+
+
+def test_a_second_build_in_one_process_reuses_the_registered_plugin(tmp_path):
+    """Defect 3. Guards against treating load_library's None for an already registered creator
+    as a failure: a notebook or API user building twice in one process got a StagevarError."""
+    registry = _fake_registry()
+    lib = tmp_path / "libstagevar_trt_plugin.so"
+    lib.write_bytes(registry.PLUGIN_BYTES)
+    PolygraphyToolchain(_with_registry(_fake_trt(), registry)).load_plugins(lib)
+    copy = tmp_path / "engines" / lib.name  # the runtime loads the copy beside the engines
+    copy.parent.mkdir()
+    copy.write_bytes(lib.read_bytes())
+    PolygraphyToolchain(_with_registry(_fake_trt(), registry)).load_plugins(lib)
+    PolygraphyToolchain(_with_registry(_fake_trt(), registry)).load_plugins(copy)
+    assert registry.get_creator("StageVarTokenRestore", "1", "") is not None
