@@ -9,9 +9,9 @@ from stagevar.runtime.errors import StagevarError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="infinity-tiny", help="infinity-tiny (default), infinity2b or infinity8b")
-    p.add_argument("--weights", help="transformer checkpoint: 2B .pth, 8B sharded folder, or .safetensors")
-    p.add_argument("--vae", help="VAE checkpoint .pth (with or without the .conv/.norm level)")
+    p.add_argument("--model", default="infinity-tiny", help="infinity-tiny (default), infinity2b, infinity8b, or a VAR model: var-tiny, var-d16, var-d20, var-d24, var-d30, var-d36")
+    p.add_argument("--weights", help="transformer checkpoint: 2B .pth, 8B sharded folder, or .safetensors (VAR: var_dXX.pth)")
+    p.add_argument("--vae", help="VAE checkpoint .pth (with or without the .conv/.norm level; VAR: vae_ch160v4096z32.pth)")
     p.add_argument("--text-encoder", help="local flan-t5-xl folder (config, weights, tokenizer)")
     p.add_argument("--random-init", action="store_true", help="random weights instead of checkpoints")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random weights")

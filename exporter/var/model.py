@@ -158,7 +158,10 @@ class VAR(nn.Module):
         R, n, l = sos_R.shape[0], tokens_NlCv.shape[0], tokens_NlCv.shape[1]
         idx = torch.arange(l, device=sos_R.device) + self._offsets[scale_index]
         pos = self.pos_1LC[0].index_select(0, idx) + self.lvl_embed.weight[scale_index]
-        rows = torch.arange(R, device=sos_R.device) % n
+        # Row r takes image r mod n. n as a tensor: the ONNX translation of `%` by a symbolic
+        # int fails, tensor-by-tensor remainder exports as Mod.
+        n_t = torch.ones_like(tokens_NlCv[:, 0, 0], dtype=torch.int64).sum()
+        rows = torch.remainder(torch.arange(R, device=sos_R.device), n_t)
         words = self.word_embed(tokens_NlCv).index_select(0, rows)
         first = (sos_R[:, None, :] + self.pos_start).expand(R, l, -1)
         x = torch.where(scale_index == 0, first, words)
