@@ -14,9 +14,13 @@ from .stage_plan import DEFAULT_PLAN, PLAN_PRESETS
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-generate", description=__doc__.splitlines()[0])
     p.add_argument("artifacts", help="export directory (the one holding manifest.json)")
-    p.add_argument("prompts", nargs="+", help="one or more prompts")
+    p.add_argument("prompts", nargs="*", help="one or more prompts (Infinity exports)")
+    p.add_argument("--class", dest="classes", type=int, action="append", metavar="N",
+                   help="VAR exports: an ImageNet class index 0..999, once per image (e.g. --class 207 --class 88)")
+    p.add_argument("--top-k", type=int, default=None, help="VAR: top-k filter (default: the model's, 900)")
+    p.add_argument("--top-p", type=float, default=None, help="VAR: top-p filter (default: the model's, 0.96)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i (default 0)")
-    p.add_argument("--plan", default=DEFAULT_PLAN, help=f"stage plan: {', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN})")
+    p.add_argument("--plan", default=None, help=f"stage plan: {', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN}; VAR: exact)")
     p.add_argument("--aspect", default="1:1", help="width:height, e.g. 1:1, 16:9 (nearest template)")
     p.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
@@ -53,10 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend != "trt" and (args.plugins or args.no_cuda_graphs):
         raise StagevarError("--plugins and --no-cuda-graphs apply to --backend trt only.")
     pipe = Pipeline.from_dir(args.artifacts, backend=args.backend, device=args.device, verify=args.verify, **trt_options)
-    result = pipe(
-        args.prompts, seed=args.seed, plan=args.plan, cfg=args.cfg, tau=args.tau, aspect=args.aspect,
-        resolution=args.resolution, alpha=args.alpha, num_images_per_prompt=args.num_images, output_type="pil",
-    )
+    if getattr(pipe, "family", "infinity") == "var":
+        from .var_cli import generate_var
+
+        result = generate_var(pipe, args)
+    else:
+        if args.classes or args.top_k is not None or args.top_p is not None:
+            raise StagevarError("This export is an Infinity text-to-image model: give a prompt, not --class/--top-k/--top-p.")
+        if not args.prompts:
+            raise StagevarError("Give at least one prompt.")
+        result = pipe(
+            args.prompts, seed=args.seed, plan=args.plan or DEFAULT_PLAN, cfg=args.cfg, tau=args.tau, aspect=args.aspect,
+            resolution=args.resolution, alpha=args.alpha, num_images_per_prompt=args.num_images, output_type="pil",
+        )
     paths = output_paths(out, len(result.images))
     for image, path in zip(result.images, paths):
         image.save(path)
@@ -64,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     per_scale = " ".join(
         f"{s['hw'][0]}x{s['hw'][1]}:{s['mode']}={1000 * s['seconds']:.0f}ms" for s in t["scales"]
     )
-    print(f"plan {result.plan}: text {1000 * t['text']:.0f}ms | {per_scale} | vae {1000 * t['vae']:.0f}ms | "
+    cond = f"text {1000 * t['text']:.0f}ms" if "text" in t else f"class {1000 * t['cond']:.0f}ms"
+    print(f"plan {result.plan}: {cond} | {per_scale} | vae {1000 * t['vae']:.0f}ms | "
           f"total {t['total']:.2f}s (runtime overhead {100 * t['overhead'] / max(t['total'], 1e-9):.1f}%)")
     print(f"wrote {', '.join(map(str, paths))}")
     return 0

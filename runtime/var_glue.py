@@ -64,13 +64,11 @@ def conv3x3(x_BCHW: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndar
     """Conv2d(k=3, padding=1, zero padding) in float64 -> float32 (the phi convs are 32x32)."""
     B, C, H, W = x_BCHW.shape
     xp = np.pad(np.asarray(x_BCHW, np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    out = np.zeros((B, weight.shape[0], H, W), np.float64)
-    w = weight.astype(np.float64)
-    for dy in range(3):
-        for dx in range(3):
-            out += np.einsum("oc,bchw->bohw", w[:, :, dy, dx], xp[:, :, dy:dy + H, dx:dx + W], optimize=True)
-    out += bias.astype(np.float64)[None, :, None, None]
-    return out.astype(np.float32)
+    # im2col: (B, C, 9, H*W) with tap t = 3 dy + dx, the (C, 3, 3) order of the weight.
+    cols = np.stack([xp[:, :, dy:dy + H, dx:dx + W] for dy in range(3) for dx in range(3)], axis=2)
+    out = np.matmul(weight.astype(np.float64).reshape(weight.shape[0], C * 9), cols.reshape(B, C * 9, H * W))
+    out += bias.astype(np.float64)[None, :, None]
+    return out.reshape(B, weight.shape[0], H, W).astype(np.float32)
 
 
 class VarGlue:

@@ -38,18 +38,26 @@ def filter_logits(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
     """float32 logits (..., V) with the removed tokens at -inf (top-k, then top-p)."""
     out = np.array(logits, dtype=np.float32, copy=True)
     V = out.shape[-1]
+    flat = out.reshape(-1, V)
+    candidates = None  # (rows, k) indices holding every finite logit, ascending index order
     if 0 < top_k < V:
-        kth = np.partition(out, V - top_k, axis=-1)[..., V - top_k:V - top_k + 1]  # k-th largest value
-        out[out < kth] = -np.inf
+        part = np.argpartition(flat, V - top_k, axis=-1)
+        kth = np.take_along_axis(flat, part[:, V - top_k:V - top_k + 1], axis=-1)  # k-th largest value
+        flat[flat < kth] = -np.inf
+        if (np.isfinite(flat).sum(-1) == top_k).all():  # no extra ties at the threshold
+            candidates = np.sort(part[:, V - top_k:], axis=-1)
     if top_p > 0:
-        order = np.argsort(out, axis=-1, kind="stable")  # ascending
-        srt = np.take_along_axis(out, order, axis=-1)
-        probs = _softmax(srt)
-        remove = np.cumsum(probs, axis=-1, dtype=np.float32) <= np.float32(1.0 - top_p)
-        remove[..., -1] = False
-        mask = np.zeros_like(remove)
-        np.put_along_axis(mask, order, remove, axis=-1)
-        out[mask] = -np.inf
+        if candidates is None:
+            candidates = np.broadcast_to(np.arange(V), flat.shape)
+        # Top-p over the survivors only: -inf logits add 0 to every cumulative sum. Candidates in
+        # index order + a stable sort = the full ascending stable sort restricted to them.
+        vals = np.take_along_axis(flat, candidates, axis=-1)
+        order = np.argsort(vals, axis=-1, kind="stable")
+        srt = np.take_along_axis(vals, order, axis=-1)
+        remove = np.cumsum(_softmax(srt), axis=-1, dtype=np.float32) <= np.float32(1.0 - top_p)
+        remove[:, -1] = False
+        rows, cols = np.nonzero(remove)
+        flat[rows, np.take_along_axis(candidates, order, axis=-1)[rows, cols]] = -np.inf
     return out
 
 
