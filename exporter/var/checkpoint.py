@@ -58,10 +58,10 @@ def load_vqvae(path: str | Path, cfg: VqvaeConfig, num_scales: int) -> VQVAE:
     with torch.device("meta"):
         model = VQVAE(cfg, num_scales)
     ema = state.get(_EMA)
-    ok_ema = ema is not None and ema.dim() == 2 and ema.shape[1] == cfg.vocab_size
-    match_state_dict(model, state, "VAR VQVAE", ignore_keys=(_EMA,) if ok_ema else (),
-                     hint="Check that --vae is the official vae_ch160v4096z32.pth.")
-    state[_EMA] = torch.zeros(num_scales, cfg.vocab_size)
+    if ema is not None and ema.dim() == 2 and ema.shape[1] == cfg.vocab_size:
+        # Any scale count is fine (as for the official loader); it is never used to generate.
+        state[_EMA] = torch.zeros(num_scales, cfg.vocab_size)
+    match_state_dict(model, state, "VAR VQVAE", hint="Check that --vae is the official vae_ch160v4096z32.pth.")
     model.load_state_dict(_floats({k: state[k] for k in model.state_dict()}), strict=True, assign=True)
     return model.eval()
 

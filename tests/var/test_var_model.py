@@ -1,9 +1,9 @@
 """The VAR model's cached per-scale step equals the whole-sequence masked forward (teacher forcing
 with attn_bias_for_masking, reference var.md §3): one computation states the network twice.
 
-Guards: the K/V cache not carrying earlier scales, the un-normalised k cached, a wrong AdaLN chunk
-order between condition() and the blocks, rows interleaved instead of [cond; null], scale 0
-without pos_start, positions read at the wrong token offset, the null class row.
+Guards: the K/V cache not carrying earlier scales, the un-normalised k cached, rows interleaved
+instead of [cond; null], scale 0 without pos_start, positions read at the wrong token offset.
+The AdaLN chunk order (shared by both statements) is pinned separately from the reference facts.
 """
 
 import torch
@@ -39,3 +39,22 @@ def test_cached_step_equals_teacher_forward():
 
 def test_cached_step_equals_teacher_forward_shared_adaln():
     _check(var_tiny_saln().var)
+
+
+def test_adaln_chunk_order_gamma_first():
+    """(gamma1, gamma2, scale1, scale2, shift1, shift2), var.md §3: with both gammas zero a block
+    is the identity whatever the scales and shifts; with gamma1 = 1 and the rest zero only the
+    attention branch is added. Guards: a (shift, scale, gamma) order as in DiT-style blocks."""
+    model = random_var(var_tiny().var, seed=1)
+    block = model.blocks[0]
+    x = torch.randn(2, 3, 64)
+    gss = torch.randn(2, 6, 64)
+    gss[:, 0:2] = 0
+    with torch.no_grad():
+        out, _, _ = block.run(x, gss)
+        torch.testing.assert_close(out, x)
+        only_attn = torch.zeros(2, 6, 64)
+        only_attn[:, 0] = 1
+        out, _, _ = block.run(x, only_attn)
+        q, k, v = block.attn.qkv(block.ln(x))
+        torch.testing.assert_close(out, x + block.attn.attend(q, k, v))
