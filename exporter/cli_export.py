@@ -23,7 +23,8 @@ from .trt.cli_build import add_engine_arguments
 
 _BUILD_EPILOG = ("TensorRT: `stagevar-export build DIR [--plugins PATH] [--opt-level 0-5] [--workspace-gib N] "
                  "[--timing-cache PATH] [--check] [--force]` builds engines for an existing export "
-                 "(see `stagevar-export build --help`).")
+                 "(see `stagevar-export build --help`). Rank table: `stagevar-export calibrate DIR [--prompts FILE] "
+                 "[--num-prompts N] [--alpha 0.96[,0.98]] [--seed S]` (see `stagevar-export calibrate --help`).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default="1M", help=f"one of {', '.join(RESOLUTIONS)} (default 1M)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="graph precision (default fp32)")
     p.add_argument("--alpha", default="0.96", help="StageVAR rank-table energy threshold (default 0.96)")
+    p.add_argument("--plans", default=None,
+                   help="comma-separated plans to record (default: every plan this model can run; low-rank plans "
+                        "need a rank table: the released one fits 8-chunk models, others run `calibrate` first)")
     p.add_argument("--batch", type=int, default=1, help="images per request the engine profiles are built for")
     p.add_argument("--out", help="output folder (default ./stagevar-artifacts/<model>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -70,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         from .trt.cli_build import main as build_main
 
         return build_main(argv[1:])
+    if argv and argv[0] == "calibrate":
+        from .cli_calibrate import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
     from .var.config import is_var_model
 
@@ -77,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         from .var.cli import run_var_export
 
         return run_var_export(args)
-    from .infinity.presets import get_preset
+    from .model_args import resolve_preset
 
-    preset = get_preset(args.model)
+    preset = resolve_preset(args)
     out = Path(args.out) if args.out else Path("stagevar-artifacts") / preset.name
     aspects = [a.strip() for a in args.aspect.split(",") if a.strip()]
     if not aspects:
@@ -100,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.plugins is not None and not args.plugins.is_file():
         raise StagevarError(f"--plugins {args.plugins} is not a file; pass the built libstagevar_trt_plugin.so.")
     check_checkpoint_args(preset, args)
+    from .infinity.export_artifacts import check_plans
+
+    plans = None if args.plans is None else [p.strip() for p in args.plans.split(",") if p.strip()]
+    # Before any loading or tracing: a plan this model cannot run costs one sentence, not an export.
+    plans = check_plans(preset.transformer.block_chunks, aspects, args.resolution, canonical_alpha(args.alpha), plans)
 
     # fidelity traces in a background process from the start; its phase is the wait for it.
     steps = ["load model", "text_encoder", "text_cond", "step", "vae_decoder", "fidelity", "manifest"]
@@ -112,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
         export_artifacts(
             bundle, out, aspects=aspects, resolution=args.resolution, precision=args.precision,
-            alpha=args.alpha, batch=args.batch, force=args.force,
+            alpha=args.alpha, batch=args.batch, force=args.force, plans=plans,
             progress=lambda phase, detail: progress.phase(detail if phase == "export" else phase),
         )
         progress.close()

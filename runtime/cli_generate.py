@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     cond = f"text {1000 * t['text']:.0f}ms" if "text" in t else f"class {1000 * t['cond']:.0f}ms"
     print(f"plan {result.plan}: {cond} | {per_scale} | vae {1000 * t['vae']:.0f}ms | "
           f"total {t['total']:.2f}s (runtime overhead {100 * t['overhead'] / max(t['total'], 1e-9):.1f}%)")
+    if result.rank_table:
+        print(f"rank table: {result.rank_table}, alpha {args.alpha or pipe.manifest.data.get('alpha')}")
     print(f"wrote {', '.join(map(str, paths))}")
     return 0
 

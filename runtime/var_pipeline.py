@@ -82,6 +82,7 @@ class VarPipelineOutput:
     seeds: list[int] | None
     intermediates: list[VarScaleTrace] | None = None
     f_hat: np.ndarray | None = None
+    rank_table: str | None = None  # no LOWRANK plans for VAR exports yet
 
 
 class VarPipeline:

@@ -30,6 +30,8 @@ class InfinityBundle:
     provenance: dict = field(default_factory=dict)
     # Large random-init models live on the meta device; these produce their weights at save time.
     sources: dict = field(default_factory=dict)
+    # Absolute checkpoint paths (from_checkpoints), recorded so `calibrate` can reload the model.
+    paths: dict = field(default_factory=dict)
 
     @property
     def is_lazy(self) -> bool:
@@ -79,7 +81,9 @@ class InfinityBundle:
             "vae": _digest(vae),
             "text_encoder": _digest(text_encoder),
         }
-        return cls(preset, transformer, decoder, encoder, tokenizer, provenance)
+        paths = {"weights": str(Path(weights).resolve()), "vae": str(Path(vae).resolve()),
+                 "text_encoder": str(Path(text_encoder).resolve())}
+        return cls(preset, transformer, decoder, encoder, tokenizer, provenance, paths=paths)
 
     def tokenize(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and 0/1 mask (N, T) int64, padded to the longest prompt."""

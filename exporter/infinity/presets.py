@@ -24,6 +24,9 @@ class InfinityPreset:
     default_tau: float
     # True for presets that exist only with random weights (no released checkpoint).
     random_init_only: bool = False
+    # Where the architecture came from: "preset" (a named one), "checkpoint" (--model auto),
+    # with "+config" when --config changed it. Recorded in the manifest.
+    source: str = "preset"
 
     @property
     def pixels_per_token(self) -> int:

@@ -16,6 +16,8 @@ from .config import get_var_preset
 def _bundle(preset, args: argparse.Namespace):
     from .bundle import VarBundle
 
+    if getattr(args, "config", None):
+        raise StagevarError("--config completes Infinity architectures; VAR presets are fixed, drop --config.")
     if args.text_encoder:
         raise StagevarError("VAR models are class-conditional and have no text encoder; drop --text-encoder.")
     given = {"weights": args.weights, "vae": args.vae}
