@@ -12,6 +12,13 @@ var_step       tokens [n, l, Cv] (area-downsampled f_hat of the previous scales,
                guidance [2] ((1 + t, -t) on CFG scales, (1, 0) on UNCOND ones)
                -> logits [n, l, V] (guidance[0] * rows[:n] + guidance[1] * rows[r-n:], float32)
                   new_kv [l, depth, 2, r, H, hd] (this scale's slot of the token-major cache)
+                  chunk_outputs [chunks, n, l, C] (null rows: the RTR cache of a next LOWRANK scale)
+var_fidelity   tokens [n, m, Cv], scale_index, gss [n, depth, 6, C], head_ss [n, 2, C],
+               past_kv [p, depth, 2, n, H, hd], cache [chunks, n, mc, C], area_h [gh, h],
+               area_w [gw, w] (1-D area matrices from the cache grid to this one),
+               gumbel [chunks, n, m], proj_{c} [n, m, r_c] per chunk c
+               -> logits [n, m, V] (null rows, no CFG), chunk_outputs [chunks, n, m, C],
+                  indices_{c} int64 [n, r_c]; appends no K/V (exporter/var/lowrank.py)
 vqvae_decoder  f_hat [n, Cv, h, w] -> image uint8 [n, 16h, 16w, 3] (RGB, truncated as the demo)
 """
 
@@ -20,14 +27,32 @@ from __future__ import annotations
 CLASS_COND = "class_cond"
 VAR_STEP = "var_step"
 VQVAE_DECODER = "vqvae_decoder"
-VAR_GRAPHS = (CLASS_COND, VAR_STEP, VQVAE_DECODER)
+VAR_FIDELITY = "var_fidelity"
+VAR_GRAPHS = (CLASS_COND, VAR_STEP, VAR_FIDELITY, VQVAE_DECODER)
 
 CLASS_COND_INPUTS = ("labels",)
 CLASS_COND_OUTPUTS = ("sos", "gss", "head_ss")
 VAR_STEP_INPUTS = ("tokens", "scale_index", "sos", "gss", "head_ss", "past_kv", "guidance")
-VAR_STEP_OUTPUTS = ("logits", "new_kv")
+VAR_STEP_OUTPUTS = ("logits", "new_kv", "chunk_outputs")
 VQVAE_INPUTS = ("f_hat",)
 VQVAE_OUTPUTS = ("image",)
+
+
+
+def fidelity_inputs(num_chunks: int) -> tuple[str, ...]:
+    return ("tokens", "scale_index", "gss", "head_ss", "past_kv", "cache", "area_h", "area_w", "gumbel") + tuple(
+        f"proj_{c}" for c in range(num_chunks))
+
+
+def fidelity_outputs(num_chunks: int) -> tuple[str, ...]:
+    return ("logits", "chunk_outputs") + tuple(f"indices_{c}" for c in range(num_chunks))
+
+
+def contract(graph: str, num_chunks: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if graph == VAR_FIDELITY:
+        return fidelity_inputs(num_chunks), fidelity_outputs(num_chunks)
+    return CONTRACTS[graph]
+
 
 CONTRACTS = {
     CLASS_COND: (CLASS_COND_INPUTS, CLASS_COND_OUTPUTS),

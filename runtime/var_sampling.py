@@ -95,3 +95,30 @@ def draw_uniforms(seeds, patch_nums) -> list[np.ndarray]:
         rng = np.random.default_rng(int(seed))
         per_image.append([rng.random(p * p) for p in patch_nums])
     return [np.stack([img[si] for img in per_image]) for si in range(len(patch_nums))]
+
+
+def draw_lowrank_noise(seeds, plan, patch_nums) -> dict:
+    """Per LOWRANK scale k: (gumbel [(N, M)] per chunk, projections [(N, M, r_c)] per chunk).
+
+    Each image has its own generator, seeded (seed, 1) so the sampling uniforms (seed) are the
+    same whatever the plan; scales and chunks in order; Gumbel = -log(-log(u)) with float64 u
+    clipped away from 0 and 1; Q ~ N(0, 1/r_c) in float32 (DESIGN.md §3)."""
+    from .stage_plan import Mode
+
+    rngs = [np.random.default_rng([int(s), 1]) for s in seeds]
+    noise = {}
+    for k, (mode, ranks) in enumerate(zip(plan.modes, plan.ranks)):
+        if mode is not Mode.LOWRANK:
+            continue
+        m = patch_nums[k] ** 2
+        gumbel, projections = [], []
+        for r in ranks:
+            g, q = [], []
+            for rng in rngs:
+                u = np.clip(rng.random(m), 1e-20, 1.0 - 1e-16)
+                g.append((-np.log(-np.log(u))).astype(np.float32))
+                q.append(rng.standard_normal((m, int(r)), dtype=np.float32) * np.float32(1.0 / np.sqrt(r)))
+            gumbel.append(np.stack(g))
+            projections.append(np.stack(q))
+        noise[k] = (gumbel, projections)
+    return noise

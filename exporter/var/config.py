@@ -35,6 +35,10 @@ class VarConfig:
     block_chunks: int = 1
 
     @property
+    def blocks_per_chunk(self) -> int:
+        return self.depth // self.block_chunks
+
+    @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
@@ -89,9 +93,16 @@ class VarPreset:
         return self.var.patch_nums[-1] * self.vae.upsample_factor
 
 
+def default_chunks(depth: int) -> int:
+    """Block chunks of the fidelity mechanism: the largest divisor of depth up to 8 (Infinity's
+    chunk count): d16 8 x 2 blocks, d20 5 x 4, d24 8 x 3, d30 6 x 5, d36 6 x 6. Per chunk, not
+    per block, as released for Infinity: one selection + projection serves several blocks."""
+    return max(c for c in range(1, 9) if depth % c == 0)
+
+
 def _official(depth: int, patch_nums=PATCH_NUMS_256, shared_aln: bool = False) -> VarConfig:
     return VarConfig(depth=depth, embed_dim=64 * depth, num_heads=depth, patch_nums=patch_nums,
-                     shared_aln=shared_aln, block_chunks=8 if depth % 8 == 0 else 1)
+                     shared_aln=shared_aln, block_chunks=default_chunks(depth))
 
 
 def var_d16() -> VarPreset:

@@ -19,6 +19,7 @@ from stagevar import __version__
 from stagevar.runtime import var_graph_io as vio
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.manifest import write_manifest
+from stagevar.runtime.manifest_rank_table import none_entry
 from stagevar.runtime.stage_plan import Mode
 from stagevar.runtime.var_plans import VAR_PLAN_PRESETS, make_var_plan
 from stagevar.runtime.var_schedule import as_scale_schedule
@@ -28,11 +29,12 @@ from ..graph_spec import graph_io_spec
 from ..onnx_export import DEFAULT_OPSET, export_program
 from ..onnx_io import SharedWeightsWriter, save_graph
 from .bundle import VarBundle
-from .graphs import ClassCondGraph, VarStepGraph, VqvaeDecoderGraph
+from .graphs import ClassCondGraph, VarFidelityGraph, VarStepGraph, VqvaeDecoderGraph
 
 PRECISIONS = ("fp32",)
 GLUE_PATH = "glue/var_glue.npz"
-_WEIGHTS = {vio.CLASS_COND: "var.weights", vio.VAR_STEP: "var.weights", vio.VQVAE_DECODER: "vqvae.weights"}
+_WEIGHTS = {vio.CLASS_COND: "var.weights", vio.VAR_STEP: "var.weights", vio.VAR_FIDELITY: "var.weights",
+            vio.VQVAE_DECODER: "vqvae.weights"}
 # Example sizes: >= 2 on every dynamic axis and pairwise distinct (torch.export specialises 0/1).
 _N, _L, _P = 2, 5, 7
 
@@ -50,7 +52,20 @@ def _examples(bundle: VarBundle):
     ), {"tokens": {0: "n", 1: "l"}, "sos": {0: "r"}, "gss": {0: "r"}, "head_ss": {0: "r"}, "past_kv": {0: "p", 3: "r"}})
     hw = cfg.patch_nums[-1]
     dec = ((torch.randn(_N, cfg.code_dim, hw, hw, generator=g),), {"f_hat": {0: "n"}})
+    # Fidelity grids: this scale (gh, gw) = (4, 3), the cache (h, w) = (3, 2).
+    M, MC, chunks = 12, 6, cfg.block_chunks
+    ranks = [2 + c % 4 for c in range(chunks)]
+    fid_args = [
+        torch.randn(_N, M, cfg.code_dim, generator=g), torch.tensor(5, dtype=torch.int64),
+        torch.randn(_N, D, 6, C, generator=g) * 0.1, torch.randn(_N, 2, C, generator=g) * 0.1,
+        torch.randn(_P, D, 2, _N, H, hd, generator=g), torch.randn(chunks, _N, MC, C, generator=g),
+        torch.rand(4, 3, generator=g), torch.rand(3, 2, generator=g), torch.randn(chunks, _N, M, generator=g),
+    ] + [torch.randn(_N, M, r, generator=g) for r in ranks]
+    fid_axes = {"tokens": {0: "n", 1: "m"}, "gss": {0: "n"}, "head_ss": {0: "n"}, "past_kv": {0: "p", 3: "n"},
+                "cache": {1: "n", 2: "mc"}, "area_h": {0: "gh", 1: "h"}, "area_w": {0: "gw", 1: "w"},
+                "gumbel": {1: "n", 2: "m"}, **{f"proj_{c}": {0: "n", 1: "m", 2: f"r{c}"} for c in range(chunks)}}
     return {vio.CLASS_COND: (ClassCondGraph(bundle.var), *cond), vio.VAR_STEP: (VarStepGraph(bundle.var), *step),
+            vio.VAR_FIDELITY: (VarFidelityGraph(bundle.var), tuple(fid_args), fid_axes),
             vio.VQVAE_DECODER: (VqvaeDecoderGraph(bundle.vae), *dec)}
 
 
@@ -110,7 +125,7 @@ def build_manifest(bundle: VarBundle, graphs: dict, precision: str, batch: int, 
         "glue": {"path": GLUE_PATH},
         "schedules": {"1:1": {"patch_nums": list(cfg.patch_nums)}},
         "aspects": ["1:1"],
-        "rank_table": None,
+        "rank_table": none_entry(cfg.block_chunks),  # until `stagevar-export calibrate`
         "batch": batch,
         "graphs": graphs,
         "engines": scale_entries(bundle, batch),
@@ -137,7 +152,7 @@ def export_var_artifacts(bundle: VarBundle, out_dir: str | Path, *, precision: s
             for name, (module, args, axes) in _examples(bundle).items():
                 report(name)
                 t0 = time.perf_counter()
-                inputs, outputs = vio.CONTRACTS[name]
+                inputs, outputs = vio.contract(name, bundle.preset.var.block_chunks)
                 program = export_program(module, args, inputs, outputs, axes)
                 save_graph(program, onnx_dir / f"{name}.onnx", writers[_WEIGHTS[name]])
                 del program

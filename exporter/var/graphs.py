@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .lowrank import lowrank_scale
 from .model import VAR
 from .vqvae import VQVAE, to_uint8_rgb
 
@@ -26,10 +27,27 @@ class VarStepGraph(nn.Module):
     def forward(self, tokens, scale_index, sos, gss, head_ss, past_kv, guidance):
         n = tokens.shape[0]
         x = self.model.embed_scale(tokens.to(sos.dtype), scale_index, sos)
-        logits, new_kv = self.model.step(x, gss, head_ss, past_kv)
+        outputs: list = []
+        logits, new_kv = self.model.step(x, gss, head_ss, past_kv, outputs)
         R = logits.shape[0]
         combined = logits[:n] * guidance[0] + logits[R - n:] * guidance[1]
-        return combined, new_kv.to(past_kv.dtype)
+        chunk_outputs = torch.stack([o[R - n:] for o in outputs])  # null rows: the RTR cache
+        return combined, new_kv.to(past_kv.dtype), chunk_outputs
+
+
+class VarFidelityGraph(nn.Module):
+    """One LOWRANK scale on the null rows (exporter/var/lowrank.py); appends no K/V."""
+
+    def __init__(self, model: VAR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, scale_index, gss, head_ss, past_kv, cache, area_h, area_w, gumbel, *projections):
+        # gss[:, 0, 0] stands in for the start token: unused, a fidelity scale is never scale 0.
+        x = self.model.embed_scale(tokens.to(gss.dtype), scale_index, gss[:, 0, 0])
+        logits, outputs, indices = lowrank_scale(self.model, x, gss, head_ss, past_kv, cache, area_h, area_w,
+                                                 gumbel, projections)
+        return (logits, outputs, *indices)
 
 
 class VqvaeDecoderGraph(nn.Module):

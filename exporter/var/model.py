@@ -167,20 +167,38 @@ class VAR(nn.Module):
         x = torch.where(scale_index == 0, first, words)
         return x + pos
 
-    def step(self, x, gss, head_ss, past_kv=None):
-        """x (R, l, C); past_kv (p, depth, 2, R, H, hd) token-major or None.
-        Returns logits (R, l, V) and new_kv (l, depth, 2, R, H, hd)."""
+    def run_blocks(self, x, gss, past_kv, blocks: range):
+        """Blocks `blocks` on x (R, l, C) attending to past_kv (p, depth, 2, R, H, hd) or None;
+        returns x and the new (k, v) of each block."""
         new = []
-        for i, block in enumerate(self.blocks):
+        for i in blocks:
             Kp = Vp = None
             if past_kv is not None:
                 Kp = past_kv[:, i, 0].permute(1, 2, 0, 3).to(x.dtype)
                 Vp = past_kv[:, i, 1].permute(1, 2, 0, 3).to(x.dtype)
-            x, k, v = block.run(x, gss[:, i], Kp, Vp)
+            x, k, v = self.blocks[i].run(x, gss[:, i], Kp, Vp)
             new.append(torch.stack((k, v), dim=0))  # (2, R, H, l, hd)
+        return x, new
+
+    def chunk_blocks(self, c: int) -> range:
+        per = self.config.blocks_per_chunk
+        return range(c * per, (c + 1) * per)
+
+    def logits(self, x, head_ss):
+        return self.head(self.head_nm.run(x, head_ss)).float()
+
+    def step(self, x, gss, head_ss, past_kv=None, chunk_outputs: list | None = None):
+        """x (R, l, C); past_kv (p, depth, 2, R, H, hd) token-major or None.
+        Returns logits (R, l, V) and new_kv (l, depth, 2, R, H, hd); appends each chunk's output
+        (R, l, C) to `chunk_outputs` when given (the RTR cache of a next LOWRANK scale)."""
+        new = []
+        for c in range(self.config.block_chunks):
+            x, kv = self.run_blocks(x, gss, past_kv, self.chunk_blocks(c))
+            new += kv
+            if chunk_outputs is not None:
+                chunk_outputs.append(x)
         kv = torch.stack(new, dim=0).permute(4, 0, 1, 2, 3, 5)  # (l, depth, 2, R, H, hd)
-        logits = self.head(self.head_nm.run(x, head_ss)).float()
-        return logits, kv
+        return self.logits(x, head_ss), kv
 
     # ---- teacher forcing (independent whole-sequence statement) ------------------------------
 

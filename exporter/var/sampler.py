@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from stagevar.runtime.stage_plan import Mode
+from stagevar.runtime.resize import area_matrix
 from stagevar.runtime.var_schedule import phi_index
 
+from .lowrank import lowrank_scale
 from .model import VAR
 from .vqvae import VQVAE, to_uint8_rgb
 
@@ -68,8 +70,12 @@ class VarReferenceSampler:
 
     @torch.no_grad()
     def generate(self, labels, uniforms: list[np.ndarray], cfg: float = 1.5, top_k: int = 900,
-                 top_p: float = 0.96, modes: tuple[Mode, ...] | None = None) -> VarReferenceResult:
-        """`uniforms[si]` (N, pn^2) as drawn by stagevar.runtime.var_sampling.draw_uniforms."""
+                 top_p: float = 0.96, modes: tuple[Mode, ...] | None = None, lowrank_noise: dict | None = None,
+                 chunk_input_hook=None) -> VarReferenceResult:
+        """`uniforms[si]` (N, pn^2) as drawn by stagevar.runtime.var_sampling.draw_uniforms;
+        `lowrank_noise` {si: (gumbel per chunk, projections per chunk)} for LOWRANK scales (the
+        ranks are the projections' widths); `chunk_input_hook(si, c, x)` sees every chunk's input
+        of the null rows (calibration)."""
         var, cfg_m = self.var, self.var.config
         pns, S, n = cfg_m.patch_nums, cfg_m.num_scales, len(labels)
         modes = modes or (Mode.CFG,) * S
@@ -84,27 +90,40 @@ class VarReferenceSampler:
         offset = 0
         rows = 2 * n
         phis = phi_index(pns)
+        prev_outputs, prev_pn = None, None
         for si, pn in enumerate(pns):
             mode = modes[si]
-            if mode is Mode.UNCOND and rows == 2 * n:
+            l = pn * pn
+            if mode is Mode.SKIP:
+                offset += l
+                continue
+            if mode is not Mode.CFG and rows == 2 * n:
                 sos, gss, head_ss = sos[n:], gss[n:], head_ss[n:]
                 K = [k[n:] for k in K]
                 V = [v[n:] for v in V]
                 rows = n
-            l = pn * pn
             pos = var.pos_1LC[0, offset:offset + l] + var.lvl_embed.weight[si]
             if si == 0:
                 x = sos[:, None, :] + var.pos_start + pos
             else:
                 x = var.word_embed(nxt).repeat(rows // n, 1, 1) + pos
-            for i, block in enumerate(var.blocks):
-                x, k, v = block.run(x, gss[:, i], K[i], V[i])
-                K[i] = k if K[i] is None else torch.cat((K[i], k), dim=2)
-                V[i] = v if V[i] is None else torch.cat((V[i], v), dim=2)
-            logits = var.head(var.head_nm.run(x, head_ss)).float()
-            if rows == 2 * n:
-                t = cfg * si / (S - 1)
-                logits = (1 + t) * logits[:n] - t * logits[n:]
+            if mode is Mode.LOWRANK:
+                logits, outputs = self._lowrank(x, gss, head_ss, K, V, prev_outputs, prev_pn, pn, lowrank_noise[si])
+            else:
+                outputs = []
+                for c in range(cfg_m.block_chunks):
+                    if chunk_input_hook is not None:
+                        chunk_input_hook(si, c, x[rows - n:])
+                    for i in var.chunk_blocks(c):
+                        x, k, v = var.blocks[i].run(x, gss[:, i], K[i], V[i])
+                        K[i] = k if K[i] is None else torch.cat((K[i], k), dim=2)
+                        V[i] = v if V[i] is None else torch.cat((V[i], v), dim=2)
+                    outputs.append(x[rows - n:])
+                logits = var.logits(x, head_ss)
+                if rows == 2 * n:
+                    t = cfg * si / (S - 1)
+                    logits = (1 + t) * logits[:n] - t * logits[n:]
+            prev_outputs, prev_pn = outputs, pn
             ids = torch_draw(torch_filter(logits, top_k, top_p), torch.from_numpy(np.asarray(uniforms[si])))
             records.append(VarScaleRecord(si, mode, logits.numpy(), ids.numpy()))
             h = self.vae.quantize.embedding(ids).transpose(1, 2).reshape(n, cfg_m.code_dim, pn, pn)
@@ -117,3 +136,15 @@ class VarReferenceSampler:
             offset += l
         images = to_uint8_rgb(self.vae.decode(f_hat)).numpy()
         return VarReferenceResult(images, f_hat.numpy(), records)
+
+    def _lowrank(self, x, gss, head_ss, K, V, prev_outputs, prev_pn, pn, noise):
+        """RP + RTR per chunk on the null rows, with the K/V of the executed scales (none appended)."""
+        gumbel, projections = noise
+        D = self.var.config.depth
+        past = torch.stack([torch.stack((K[i], V[i])) for i in range(D)])  # (depth, 2, n, H, p, hd)
+        past_kv = past.permute(4, 0, 1, 2, 3, 5)
+        area = torch.from_numpy(area_matrix(prev_pn, pn)).float()
+        cache = torch.stack(list(prev_outputs))
+        logits, outputs, _ = lowrank_scale(self.var, x, gss, head_ss, past_kv, cache, area, area,
+                                           torch.from_numpy(np.stack(gumbel)), [torch.from_numpy(q) for q in projections])
+        return logits, list(outputs)
