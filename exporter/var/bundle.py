@@ -18,6 +18,7 @@ class VarBundle:
     var: VAR
     vae: VQVAE
     provenance: dict = field(default_factory=dict)
+    paths: dict = field(default_factory=dict)  # checkpoint files (absolute), for calibrate
 
     @classmethod
     def random(cls, preset: VarPreset, seed: int = 0) -> "VarBundle":
@@ -28,4 +29,5 @@ class VarBundle:
     def from_checkpoints(cls, preset: VarPreset, weights: str | Path, vae: str | Path) -> "VarBundle":
         var = load_var(weights, preset.var, name=preset.name)
         vqvae = load_vqvae(vae, preset.vae, preset.var.num_scales)
-        return cls(preset, var, vqvae, {"weights": sha256_file(weights), "vae": sha256_file(vae)})
+        return cls(preset, var, vqvae, {"weights": sha256_file(weights), "vae": sha256_file(vae)},
+                   {"weights": str(Path(weights).resolve()), "vae": str(Path(vae).resolve())})

@@ -21,7 +21,7 @@ from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.manifest import write_manifest
 from stagevar.runtime.manifest_rank_table import none_entry
 from stagevar.runtime.stage_plan import Mode
-from stagevar.runtime.var_plans import VAR_PLAN_PRESETS, make_var_plan
+from stagevar.runtime.var_plans import make_var_plan
 from stagevar.runtime.var_schedule import as_scale_schedule
 
 from ..artifact_dir import staged_output
@@ -79,22 +79,35 @@ def write_glue(bundle: VarBundle, path: Path) -> None:
                  phi_biases=torch.stack([c.bias for c in q.quant_resi.qresi_ls]).detach().float().numpy())
 
 
-def scale_entries(bundle: VarBundle, batch: int) -> list[dict]:
-    """One engine entry per (scale, rows, past tokens) that a plan preset executes."""
+def scale_entries(bundle: VarBundle, batch: int, table=None, alpha=None) -> list[dict]:
+    """One engine entry per (scale, graph, rows, past tokens) that a runnable plan preset executes
+    (exact and cfg-off; stagevar and stagevar-full once a rank table is calibrated)."""
+    from stagevar.runtime.stage_plan import PLAN_PRESETS
+
     cfg = bundle.preset.var
     schedule = as_scale_schedule(cfg.patch_nums)
     entries, seen = [], set()
-    for name in VAR_PLAN_PRESETS:
-        plan = make_var_plan(name, cfg.patch_nums, cfg.block_chunks)
+    for name in PLAN_PRESETS:
+        try:
+            plan = make_var_plan(name, cfg.patch_nums, cfg.block_chunks, table, alpha)
+        except StagevarError:
+            continue  # needs a rank table this export does not have yet
         past = 0
         for k, mode in enumerate(plan.modes):
+            if mode is Mode.SKIP:
+                continue
+            graph = vio.VAR_FIDELITY if mode is Mode.LOWRANK else vio.VAR_STEP
             rows = 2 * batch if mode is Mode.CFG else batch
-            key = (k, rows, past)
+            key = (k, graph, rows, past)
             if key not in seen:
                 seen.add(key)
-                entries.append({"aspect": "1:1", "scale": k, "hw": list(schedule.scales[k]), "graph": vio.VAR_STEP,
-                                "images": batch, "rows": rows, "tokens": schedule.token_counts[k], "past_tokens": past})
-            past += schedule.token_counts[k]
+                entry = {"aspect": "1:1", "scale": k, "hw": list(schedule.scales[k]), "graph": graph, "images": batch,
+                         "rows": rows, "tokens": schedule.token_counts[k], "past_tokens": past}
+                if mode is Mode.LOWRANK:
+                    entry["ranks"] = list(plan.ranks[k])
+                entries.append(entry)
+            if mode is not Mode.LOWRANK:
+                past += schedule.token_counts[k]
     return entries
 
 
@@ -118,6 +131,7 @@ def build_manifest(bundle: VarBundle, graphs: dict, precision: str, batch: int, 
             "vae": {**asdict(p.vae), "ch_mult": list(p.vae.ch_mult)}, "image_size": p.image_size,
             "default_cfg": p.default_cfg, "default_top_k": p.default_top_k, "default_top_p": p.default_top_p,
             "random_init": "random_init" in bundle.provenance, "weights": bundle.provenance,
+            "checkpoint_paths": bundle.paths,
         },
         "precision": precision,
         "opset": DEFAULT_OPSET,
