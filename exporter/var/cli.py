@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from stagevar.runtime.errors import StagevarError
+from stagevar.runtime.var_graph_io import VAR_GRAPHS
 
 from ..progress import PhaseProgress
 from .config import get_var_preset
@@ -55,7 +56,7 @@ def run_var_export(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise StagevarError(f"{out} already exists; pass --force to overwrite it or choose another --out.")
     make = _bundle(preset, args)
-    progress = PhaseProgress(5 + (1 if args.check else 0))
+    progress = PhaseProgress(2 + len(VAR_GRAPHS) + (1 if args.check else 0))
     t0 = time.perf_counter()
     try:
         progress.phase("load model")
