@@ -71,3 +71,31 @@ def test_stagevar_plans_equal_reference(calibrated, var_tiny_bundle, plan):
     ranks = stage_plan.ranks[7]
     assert [ix.shape for ix in executed[7].indices] == [(2, r) for r in ranks]
     assert np.abs(got.images.astype(int) - want.images.astype(int)).max() <= 1
+
+
+def test_bench_var_export(calibrated, tmp_path, capsys):
+    """`stagevar-bench DIR --class 207` times every requested plan of a VAR export; a prompt is refused."""
+    from stagevar.cli_bench import entry
+
+    out, _ = calibrated
+    report = tmp_path / "bench.json"
+    assert entry([str(out), "--plans", "exact,stagevar", "--runs", "1", "--warmup", "0", "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert list(data["plans"]) == ["exact", "stagevar"] and data["artifacts"]["family"] == "var"
+    assert data["plans"]["stagevar"]["modes"][7:] == ["lowrank", "skip", "skip"]
+    assert entry([str(out), "--prompt", "a cat", "--json", str(report)]) == 2
+    assert "give --class N" in capsys.readouterr().err
+
+
+def test_var_runtime_imports_without_torch():
+    """The VAR runtime modules are numpy-only (production apps embed them without torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import stagevar.runtime.var_pipeline, stagevar.runtime.var_bench, stagevar.runtime.var_cli\n"
+            "from stagevar.runtime.var_sampling import draw_uniforms; draw_uniforms([0], (1, 2))\n"
+            "assert not any(m == 'torch' or m.startswith('torch.') for m, v in sys.modules.items() if v is not None)\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
