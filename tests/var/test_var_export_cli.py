@@ -23,3 +23,15 @@ def test_refusals(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_serve_refuses_var_exports(tmp_path, capsys):
+    """stagevar-serve speaks prompts only: a VAR export is refused in one sentence before any
+    repository is written (guards: a Triton repo whose model fails at the first request)."""
+    from stagevar.serve.cli import entry as serve_entry
+
+    (tmp_path / "manifest.json").write_text('{"family": "var"}')
+    repo = tmp_path / "repo"
+    assert serve_entry(["triton", str(tmp_path), "--repo", str(repo)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "class-conditional VAR export" in err and len(err.splitlines()) == 1 and not repo.exists()
