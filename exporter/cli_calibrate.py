@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from stagevar.runtime.errors import StagevarError
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -22,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="transformer checkpoint (default: the path the export recorded)")
     p.add_argument("--vae", help="VAE checkpoint (default: the path the export recorded)")
     p.add_argument("--text-encoder", help="T5 folder (default: the path the export recorded)")
+    p.add_argument("--classes", default=None,
+                   help="VAR exports: comma-separated ImageNet class indices to calibrate on (default: 16 spread classes)")
     return p
 
 
@@ -33,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
+    if _family(args.artifacts) == "var":  # the class-conditional VAR family (exporter/var/calibrate.py)
+        return _calibrate_var(args, say, t0)
+    if args.classes is not None:
+        raise StagevarError("--classes is for VAR exports; Infinity exports calibrate on --prompts.")
     table = calibrate_export(args.artifacts, prompts_file=args.prompts, num_prompts=args.num_prompts,
                              alphas=args.alpha, seed=args.seed, weights=args.weights, vae=args.vae,
                              text_encoder=args.text_encoder, say=say)
@@ -44,4 +52,35 @@ def main(argv: list[str] | None = None) -> int:
                   + f"  (mean {sum(row) / len(row):.4f})")
     print(f"calibrated {args.artifacts} on {prov['num_prompts']} prompts ({prov['prompt_source']}) in "
           f"{time.perf_counter() - t0:.1f} s; plans stagevar and stagevar-full now use this table")
+    return 0
+
+
+def _family(artifacts) -> str | None:
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(artifacts) / "manifest.json").read_text()).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_manifest reports what is wrong, in one sentence
+
+
+def _calibrate_var(args, say, t0) -> int:
+    from .var.calibrate import calibrate_var_export
+
+    if args.prompts is not None or args.num_prompts is not None or args.text_encoder:
+        raise StagevarError("VAR exports calibrate on class labels: use --classes, not --prompts/--num-prompts/--text-encoder.")
+    alphas = tuple(a.strip() for a in args.alpha.split(",") if a.strip())
+    from .infinity.calibrate import parse_alphas
+
+    table = calibrate_var_export(args.artifacts, classes=args.classes, alphas=parse_alphas(",".join(alphas)),
+                                 seed=args.seed, weights=args.weights, vae=args.vae, say=say)
+    prov = table["provenance"]
+    for alpha, rows in table["ratios"].items():
+        for p, row in enumerate(rows):
+            hw = prov["fidelity_scales"][p]
+            print(f"alpha {alpha} scale {hw[0]}x{hw[1]}: " + " ".join(f"{r:.4f}" for r in row)
+                  + f"  (mean {sum(row) / len(row):.4f})")
+    print(f"calibrated {args.artifacts} on {prov['num_prompts']} classes in {time.perf_counter() - t0:.1f} s; "
+          f"plans stagevar and stagevar-full now use this table")
     return 0

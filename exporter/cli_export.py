@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from .var.config import is_var_model
+
+    if is_var_model(args.model):  # the class-conditional VAR family (exporter/var/)
+        from .var.cli import run_var_export
+
+        return run_var_export(args)
     from .model_args import resolve_preset
 
     preset = resolve_preset(args)

@@ -11,14 +11,17 @@ from stagevar.runtime.errors import StagevarError
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     from .infinity.presets import PRESETS
 
+    from .var.config import VAR_PRESETS
+
     p.add_argument("--model", default=None,
-                   help=f"model preset, one of: {', '.join(PRESETS)}; or auto (the architecture is read from the "
-                        "checkpoints). Default: infinity-tiny without --weights, auto with --weights")
+                   help=f"model preset: {', '.join(PRESETS)}, or VAR's {', '.join(VAR_PRESETS)}; or auto (the "
+                        "architecture is read from the checkpoints). Default: infinity-tiny without --weights, "
+                        "auto with --weights")
     p.add_argument("--config", default=None,
                    help="JSON file overriding or completing the architecture (sections transformer, vae, "
                         "text_encoder; name, default_cfg, default_tau)")
-    p.add_argument("--weights", help="transformer checkpoint: 2B .pth, 8B sharded folder, or .safetensors")
-    p.add_argument("--vae", help="VAE checkpoint .pth (with or without the .conv/.norm level)")
+    p.add_argument("--weights", help="transformer checkpoint: 2B .pth, 8B sharded folder, or .safetensors (VAR: var_dXX.pth)")
+    p.add_argument("--vae", help="VAE checkpoint .pth (with or without the .conv/.norm level; VAR: vae_ch160v4096z32.pth)")
     p.add_argument("--text-encoder", help="local flan-t5-xl folder (config, weights, tokenizer)")
     p.add_argument("--random-init", action="store_true", help="random weights instead of checkpoints")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the random weights")

@@ -18,9 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-generate", description=__doc__.splitlines()[0])
     add_version(p)
     p.add_argument("artifacts", help="export directory (the one holding manifest.json)")
-    p.add_argument("prompts", nargs="+", help="one or more prompts")
+    p.add_argument("prompts", nargs="*", help="one or more prompts (Infinity exports)")
+    p.add_argument("--class", dest="classes", type=int, action="append", metavar="N",
+                   help="VAR exports: an ImageNet class index 0..999, once per image (e.g. --class 207 --class 88)")
+    p.add_argument("--top-k", type=int, default=None, help="VAR: top-k filter (default: the model's, 900)")
+    p.add_argument("--top-p", type=float, default=None, help="VAR: top-p filter (default: the model's, 0.96)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i (default 0)")
-    p.add_argument("--plan", default=DEFAULT_PLAN, help=f"stage plan: {', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN})")
+    p.add_argument("--plan", default=None, help=f"stage plan: {', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN}; VAR: exact)")
     p.add_argument("--aspect", default="1:1", help="width:height, e.g. 1:1, 16:9 (nearest template)")
     p.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
     p.add_argument("--cfg", type=float, default=None,
@@ -95,31 +99,47 @@ def main(argv: list[str] | None = None) -> int:
     line = ProgressLine(quiet=args.quiet)
     line.show("loading (the first load hashes the weights)")
     pipe = Pipeline.from_dir(args.artifacts, backend=args.backend, device=args.device, verify=args.verify, **trt_options)
-    paths = output_paths(out, len(args.prompts), args.num_images, args.seed)
-    written: list[Path] = []
-    parts = []
-    try:
-        # Micro-batches are saved as they finish: a request of 10000 images holds one batch at a time.
-        for result in pipe.batches(
-            args.prompts, seed=args.seed, plan=args.plan, cfg=args.cfg, tau=args.tau, aspect=args.aspect,
-            resolution=args.resolution, alpha=args.alpha, num_images_per_prompt=args.num_images,
-            output_type="pil", max_batch=args.max_batch, progress=line.scale_callback(),
-        ):
-            for image in result.images:
-                path = paths[len(written)]
-                image.save(path)
-                written.append(path)
-            parts.append(result.timings)
-    finally:
+    if getattr(pipe, "family", "infinity") == "var":
+        from .var_cli import generate_var
+
         line.clear()
+        result = generate_var(pipe, args)
+        written = output_paths(out, len(args.classes), args.num_images, args.seed)
+        for image, path in zip(result.images, written):
+            image.save(path)
+        parts = [result.timings]
+    else:
+        if args.classes or args.top_k is not None or args.top_p is not None:
+            raise StagevarError("This export is an Infinity text-to-image model: give a prompt, not --class/--top-k/--top-p.")
+        if not args.prompts:
+            raise StagevarError("Give at least one prompt.")
+        paths = output_paths(out, len(args.prompts), args.num_images, args.seed)
+        written: list[Path] = []
+        parts = []
+        try:
+            # Micro-batches are saved as they finish: a request of 10000 images holds one batch at a time.
+            for result in pipe.batches(
+                args.prompts, seed=args.seed, plan=args.plan or DEFAULT_PLAN, cfg=args.cfg, tau=args.tau,
+                aspect=args.aspect, resolution=args.resolution, alpha=args.alpha,
+                num_images_per_prompt=args.num_images, output_type="pil", max_batch=args.max_batch,
+                progress=line.scale_callback(),
+            ):
+                for image in result.images:
+                    path = paths[len(written)]
+                    image.save(path)
+                    written.append(path)
+                parts.append(result.timings)
+        finally:
+            line.clear()
     t = merge_timings(parts)
     per_scale = " ".join(
         f"{s['hw'][0]}x{s['hw'][1]}:{s['mode']}={1000 * s['seconds']:.0f}ms" for s in t["scales"]
     )
     batches = f" in {len(parts)} micro-batches" if len(parts) > 1 else ""
-    print(f"plan {result.plan}: text {1000 * t['text']:.0f}ms | {per_scale} | vae {1000 * t['vae']:.0f}ms | "
+    cond = f"text {1000 * t['text']:.0f}ms" if "text" in t else f"class {1000 * t['cond']:.0f}ms"
+    print(f"plan {result.plan}: {cond} | {per_scale} | vae {1000 * t['vae']:.0f}ms | "
           f"total {t['total']:.2f}s{batches} (runtime overhead {100 * t['overhead'] / max(t['total'], 1e-9):.1f}%)")
-    if result.rank_table:
+    if getattr(result, "rank_table", None):
         print(f"rank table: {result.rank_table}, alpha {args.alpha or pipe.manifest.data.get('alpha')}")
     print("wrote " + ", ".join(map(str, written)) if len(written) <= 8 else
           f"wrote {len(written)} images: {written[0]} ... {written[-1]}")

@@ -69,6 +69,10 @@ def contract(graph: str, num_chunks: int) -> tuple[tuple[str, ...], tuple[str, .
     """(input names, output names) of a graph (fidelity's depend on the chunk count)."""
     if graph == FIDELITY:
         return fidelity_inputs(num_chunks), fidelity_outputs(num_chunks)
+    from . import var_graph_io  # the VAR family's graphs
+
+    if graph in var_graph_io.VAR_GRAPHS:
+        return var_graph_io.contract(graph, num_chunks)
     return {
         TEXT_ENCODER: (TEXT_ENCODER_INPUTS, TEXT_ENCODER_OUTPUTS),
         TEXT_COND: (TEXT_COND_INPUTS, TEXT_COND_OUTPUTS),

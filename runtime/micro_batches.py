@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_SUMMED = ("text", "vae", "total", "session", "overhead")
+_SUMMED = ("text", "cond", "vae", "total", "session", "overhead")
 
 
 def merge_timings(parts: list[dict]) -> dict:

@@ -142,6 +142,12 @@ class Pipeline:
         if backend != "trt" and (plugins is not None or not cuda_graphs):
             raise StagevarError("plugins and cuda_graphs apply to backend 'trt' only; drop them or use backend='trt'.")
         manifest = load_manifest(path, verify=verify)
+        if manifest.data.get("family") == "var":  # the class-conditional family: its own pipeline
+            from .var_pipeline import VarPipeline
+
+            if plugins is not None or not cuda_graphs:
+                raise StagevarError("plugins and cuda_graphs apply to TensorRT engines, which VAR exports do not have yet.")
+            return VarPipeline.from_manifest(manifest, backend=backend, device=device)
         if manifest.data.get("family") != "infinity":
             raise StagevarError(f"Export {manifest.root} is of model family {manifest.data.get('family')!r}, "
                                 f"which this runtime does not run; export an Infinity model.")
@@ -161,8 +167,9 @@ class Pipeline:
 
     def __call__(
         self,
-        prompt: str | Sequence[str],
+        prompt: str | Sequence[str] | None = None,
         *,
+        class_labels=None,
         seed: int | Sequence[int] = 0,
         plan: str | StagePlan = "stagevar",
         cfg: float | None = None,
@@ -187,6 +194,11 @@ class Pipeline:
         images; one image that cannot fit is refused before any work. `progress(batch, batches,
         scale, scales)` is called after every scale.
         """
+        if class_labels is not None:
+            raise StagevarError(f"Export {self.manifest.root} is an Infinity text-to-image model: give a prompt, "
+                                f"not class labels.")
+        if prompt is None:
+            raise StagevarError("Give a prompt (a string or a list of strings).")
         parts = list(self.batches(prompt, seed=seed, plan=plan, cfg=cfg, tau=tau, aspect=aspect,
                                   resolution=resolution, alpha=alpha, num_images_per_prompt=num_images_per_prompt,
                                   output_type=output_type, noise=noise, return_intermediates=return_intermediates,

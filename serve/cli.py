@@ -79,6 +79,21 @@ def _pipeline_options(p: argparse.ArgumentParser, device_help: str) -> None:
     g.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
 
 
+def _refuse_var(artifacts: Path) -> None:
+    """Serving speaks prompts (Triton PROMPT, Ray JSON "prompt"); VAR's CLASS / "class" inputs are
+    not built yet, so a VAR export is refused before any repository or server is made."""
+    import json
+
+    try:
+        family = json.loads((artifacts / "manifest.json").read_text()).get("family")
+    except (OSError, ValueError, AttributeError):
+        return  # the pipeline's manifest check reports it in one sentence
+    if family == "var":
+        raise StagevarError(f"{artifacts} is a class-conditional VAR export, which stagevar-serve does not serve yet "
+                            f"(Triton CLASS / Ray \"class\" inputs are not built); use stagevar-generate --class or "
+                            f"the Python Pipeline.")
+
+
 def _defaults(args) -> RequestDefaults:
     return RequestDefaults(plan=args.plan, aspect=args.aspect, cfg=args.cfg, tau=args.tau,
                            resolution=args.resolution).check()
@@ -86,6 +101,7 @@ def _defaults(args) -> RequestDefaults:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _refuse_var(Path(args.artifacts))
     if args.engine == "triton":
         return _triton(args)
     return _ray(args)

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=DEFAULT_RUNS, help=f"measured calls per plan (default {DEFAULT_RUNS})")
     p.add_argument("--warmup", type=int, default=1, help="discarded calls per plan after the cold one (default 1)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of every call")
+    p.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="VAR exports: the ImageNet class of every call (default 207)")
     p.add_argument("--seed", type=int, default=0, help="seed of every call (default 0)")
     p.add_argument("--aspect", default="1:1", help="width:height (default 1:1)")
     p.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"plugins": args.plugins} if args.backend == "trt" else {}
     pipe = Pipeline.from_dir(artifacts, backend=args.backend, device=args.device, verify="record", **extra)
     load_seconds = time.perf_counter() - t0
+    if getattr(pipe, "family", "infinity") == "var":
+        return _bench_var(pipe, args, plans, load_seconds, json_path, say)
+    if args.class_label is not None:
+        raise StagevarError("--class is for VAR exports; this Infinity export takes --prompt.")
     load = load_report(pipe, load_seconds, before, process_memory())
     settings = dict(plans=plans, prompt=args.prompt, seed=args.seed, aspect=args.aspect, runs=args.runs,
                     warmup=args.warmup, progress=say)
@@ -159,6 +165,23 @@ def main(argv: list[str] | None = None) -> int:
             report["ort_vs_torch"] = {name: torch_report["plans"][name]["p50"]["total"] / e["p50"]["total"]
                                       for name, e in report["plans"].items() if e["p50"]["total"] > 0}
 
+    print(format_table(report))
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {json_path}")
+    return 0
+
+
+def _bench_var(pipe, args, plans, load_seconds: float, json_path: Path, say) -> int:
+    """VAR exports: the runtime alone (no eager-torch baseline for VAR yet, said in the report)."""
+    from stagevar.runtime.var_bench import DEFAULT_CLASS, benchmark_var_pipeline
+
+    if args.prompt != DEFAULT_PROMPT or args.aspect != "1:1" or args.resolution is not None:
+        raise StagevarError("This export is a class-conditional VAR model: give --class N, not --prompt/--aspect/--resolution.")
+    report = benchmark_var_pipeline(pipe, plans, DEFAULT_CLASS if args.class_label is None else args.class_label,
+                                    seed=args.seed, runs=args.runs, warmup=args.warmup, progress=say)
+    report["load_seconds"] = load_seconds
+    report["torch"] = None
+    report["torch_note"] = "no eager-torch baseline for VAR exports yet"
     print(format_table(report))
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {json_path}")

@@ -1,0 +1,1 @@
+"""The VAR family (FoundationVision/VAR, class-conditional ImageNet): model, VQVAE, graphs, export."""
