@@ -10,7 +10,6 @@ from stagevar.runtime.errors import StagevarError
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     from .infinity.presets import PRESETS
-
     from .var.config import VAR_PRESETS
 
     p.add_argument("--model", default=None,
