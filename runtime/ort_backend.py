@@ -22,7 +22,7 @@ from .kv_cache import KVCache
 from .load_memory import LoadEstimate, check_fits, estimate_load, read_graph_weights
 from .manifest import Manifest
 from .pointer_array import PointerRows
-from .shared_weights import SharedWeights
+from .shared_weights import SharedWeights, open_fused
 
 DEVICES = ("cpu", "cuda")
 _CUDA_EP, _CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -120,6 +120,8 @@ class OrtBackend:
         try:
             if name in self._sharing:
                 session = self.shared_weights.session(name, path, _session_options(self.device), providers)
+            elif self.device != "cpu":
+                session = open_fused(name, path, _session_options(self.device), providers)
             else:
                 session = ort.InferenceSession(str(path), _session_options(self.device), providers=providers)
         except StagevarError:
