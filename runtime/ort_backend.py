@@ -23,7 +23,7 @@ from .kv_cache import KVCache
 from .load_memory import LoadEstimate, check_fits, estimate_load, read_graph_weights
 from .manifest import Manifest
 from .pointer_array import PointerRows
-from .shared_weights import SharedWeights
+from .shared_weights import SharedWeights, open_fused
 from .trt_profiles import row_range
 
 _SLICE_GRAPHS = Path(__file__).with_name("data")  # slice_<dtype>.onnx (exporter/slice_graphs.py)
@@ -40,6 +40,8 @@ CUDA_PROVIDER_OPTIONS = {"use_tf32": "0"}
 def execution_providers(device: str) -> list:
     """The onnxruntime providers of `device` ("cpu" or "cuda"), with the TF32 policy above."""
     return [(_CUDA_EP, dict(CUDA_PROVIDER_OPTIONS)), _CPU_EP] if device == "cuda" else [_CPU_EP]
+
+
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
@@ -155,6 +157,8 @@ class OrtBackend:
         try:
             if name in self._sharing:
                 session = self.shared_weights.session(name, path, _session_options(self.device), providers)
+            elif self.device != "cpu":
+                session = open_fused(name, path, _session_options(self.device), providers)
             else:
                 session = ort.InferenceSession(str(path), _session_options(self.device), providers=providers)
         except StagevarError:

@@ -218,3 +218,18 @@ def _declared(name: str, array: np.ndarray, location: str):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
     return tensor
+
+
+def open_fused(graph: str, path: Path, options, providers):
+    """An InferenceSession of `path` with `MatMul(x, Transpose(W))` fused (weight_folding.py) and
+    its weights read from the files as onnxruntime does: the loader of devices other than the
+    CPU, where onnxruntime copies each initializer to the device itself. Without the rewrite it
+    would first build every transposed weight in host memory (constant folding)."""
+    import onnxruntime as ort
+
+    model = load_graph_proto(path, graph)
+    weights = graph_weights(model, graph, path)
+    if not fuse_transposed_matmuls(model, {t.name for t in weights.external}):
+        return ort.InferenceSession(str(path), options, providers=providers)
+    options.add_session_config_entry(_FOLDER_KEY, str(path.parent))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=providers)

@@ -31,7 +31,7 @@ _PROBE = textwrap.dedent("""
     import json, sys
     import numpy as np, onnxruntime as ort
     from stagevar.runtime.ort_backend import _session_options
-    from stagevar.runtime.shared_weights import SharedWeights
+    from stagevar.runtime.shared_weights import SharedWeights, open_fused
 
     def mem():
         out = {}
@@ -49,6 +49,8 @@ _PROBE = textwrap.dedent("""
     for path in paths:
         if mode == "shared":
             sessions.append(shared.session(path, __import__("pathlib").Path(path), _session_options(), ["CPUExecutionProvider"]))
+        elif mode == "fused":  # the CUDA loader's rewrite, run on the CPU provider
+            sessions.append(open_fused(path, __import__("pathlib").Path(path), _session_options(), ["CPUExecutionProvider"]))
         else:
             sessions.append(ort.InferenceSession(path, _session_options(), providers=["CPUExecutionProvider"]))
     loaded = mem()
@@ -113,6 +115,21 @@ def test_fp32_weights_are_resident_once_after_every_session_ran(fp32_graphs):
     assert 0.8 * size <= grown <= 1.3 * size, shared
     assert _anon_after_load(shared) < 0.2 * size, shared  # mapped, not copied
     assert plain["ran"]["VmRSS"] - plain["base"]["VmRSS"] >= 1.7 * size, plain
+
+
+def test_fused_loader_builds_no_transposed_copy_and_matches_onnxruntime(fp32_graphs):
+    """The loader of the CUDA provider (run here on CPU: same graph rewrite, same host-side
+    loading). Guards against onnxruntime folding Transpose(W) into a host copy of every weight
+    while creating the session (a full extra copy of the weights in host memory), and against a
+    rewrite that changes the result (FusedMatMul transB vs MatMul(Transpose): same library,
+    another GEMM path, hence a tolerance)."""
+    paths = list(fp32_graphs["paths"].values())
+    fused, plain = _probe("fused", paths), _probe("plain", paths)
+    assert _anon_after_load(fused) < 0.2 * fp32_graphs["weights_bytes"], fused
+    assert _anon_after_load(plain) >= 1.7 * fp32_graphs["weights_bytes"], plain
+    for got_graph, want_graph in zip(fused["outs"], plain["outs"]):
+        for got, want in zip(got_graph, want_graph):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
 def test_upcast_fp16_graph_keeps_its_fp16_outputs_and_matches_onnxruntime(fp16_graphs):
