@@ -128,8 +128,8 @@ class Pipeline:
                  plugins: str | None = None, cuda_graphs: bool = True) -> "Pipeline":
         """Load an export: check its manifest (`verify`: "record", the default, checks every file
         by sha256 but trusts weights this machine already hashed and that did not change since;
-        "full" hashes every file; "quick" sizes only), then open its graphs on `backend`: "ort" (onnxruntime sessions on `device`, "cpu"
-        by default or "cuda") or "trt" (the TensorRT engines built for this GPU by
+        "full" hashes every file; "quick" sizes only), then open its graphs on `backend`: "ort"
+        (onnxruntime sessions on `device`, "cpu" by default or "cuda") or "trt" (the TensorRT engines built for this GPU by
         `stagevar-export build`, on "cuda"; `plugins` overrides the plugin library path the build
         recorded; `cuda_graphs` replays each scale as a captured CUDA graph)."""
         if backend not in BACKENDS:
