@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -22,10 +23,10 @@ import numpy as np
 
 from . import graph_io as gio
 from .codes import CodeAccumulator, tokens_bits_to_code_map
-from .errors import StagevarError
+from .errors import StagevarError, StagevarWarning
 from .manifest import Manifest, load_manifest
 from .micro_batches import merge_outputs
-from .request import Request, check_request, micro_batch_size_for
+from .request import Request, check_request, micro_batch_size_for, warn_truncated
 from .noise import ScaleNoise, draw_batch_noise
 from .ort_backend import DeviceArray, KVCache, OrtBackend
 from .resize import area_matrix
@@ -206,8 +207,10 @@ class Pipeline:
 
     def _request(self, prompt, seed, plan, cfg, tau, aspect, resolution, alpha, per_prompt, output_type, noise,
                  keep) -> Request:
-        return check_request(self.manifest, self.spec, prompt, seed, plan, cfg, tau, aspect, resolution, alpha,
-                             per_prompt, output_type, noise, keep)
+        request = check_request(self.manifest, self.spec, prompt, seed, plan, cfg, tau, aspect, resolution, alpha,
+                                per_prompt, output_type, noise, keep)
+        warn_truncated(self.tokenizer, prompt, self.spec.max_text_tokens)
+        return request
 
     def _micro_batch_size(self, request: Request, max_batch: int | None) -> int:
         return micro_batch_size_for(request, self, max_batch)
@@ -255,7 +258,9 @@ class Pipeline:
         """text_encoder then text_cond: resident rows [cond (n); null (n)] of every text tensor."""
         t0 = time.perf_counter()
         spec, be = self.spec, self.backend
-        ids, mask, _ = encode_prompts(self.tokenizer, prompts, max_length=spec.max_text_tokens)
+        with warnings.catch_warnings():  # said once per request, with the user's prompt index
+            warnings.simplefilter("ignore", StagevarWarning)
+            ids, mask, _ = encode_prompts(self.tokenizer, prompts, max_length=spec.max_text_tokens)
         (features,) = be.run_plain(gio.TEXT_ENCODER, {"input_ids": ids, "attention_mask": mask})
         rows, t, C = 2 * len(prompts), ids.shape[1], spec.embed_dim
         shapes = {"sos": (rows, C), "gss": (rows, 6, C), "head_ss": (rows, 2, C),
