@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -21,11 +22,11 @@ import numpy as np
 
 from . import graph_io as gio
 from .codes import CodeAccumulator, tokens_bits_to_code_map
-from .errors import StagevarError
+from .errors import StagevarError, StagevarWarning
 from .manifest import Manifest, load_manifest
 from .manifest_rank_table import load_rank_table
 from .micro_batches import merge_outputs
-from .request import Request, check_request, micro_batch_size_for
+from .request import Request, check_request, micro_batch_size_for, warn_truncated
 from .noise import ScaleNoise, draw_batch_noise
 from .ort_backend import DeviceArray, KVCache, OrtBackend
 from .resize import area_matrix
@@ -132,8 +133,8 @@ class Pipeline:
                  plugins: str | None = None, cuda_graphs: bool = True) -> "Pipeline":
         """Load an export: check its manifest (`verify`: "record", the default, checks every file
         by sha256 but trusts weights this machine already hashed and that did not change since;
-        "full" hashes every file; "quick" sizes only), then open its graphs on `backend`: "ort" (onnxruntime sessions on `device`, "cpu"
-        by default or "cuda") or "trt" (the TensorRT engines built for this GPU by
+        "full" hashes every file; "quick" sizes only), then open its graphs on `backend`: "ort"
+        (onnxruntime sessions on `device`, "cpu" by default or "cuda") or "trt" (the TensorRT engines built for this GPU by
         `stagevar-export build`, on "cuda"; `plugins` overrides the plugin library path the build
         recorded; `cuda_graphs` replays each scale as a captured CUDA graph)."""
         if backend not in BACKENDS:
@@ -222,8 +223,10 @@ class Pipeline:
 
     def _request(self, prompt, seed, plan, cfg, tau, aspect, resolution, alpha, per_prompt, output_type, noise,
                  keep) -> Request:
-        return check_request(self.manifest, self.spec, prompt, seed, plan, cfg, tau, aspect, resolution, alpha,
-                             per_prompt, output_type, noise, keep, rank_table=self.rank_table)
+        request = check_request(self.manifest, self.spec, prompt, seed, plan, cfg, tau, aspect, resolution, alpha,
+                                per_prompt, output_type, noise, keep, rank_table=self.rank_table)
+        warn_truncated(self.tokenizer, prompt, self.spec.max_text_tokens)
+        return request
 
     def _micro_batch_size(self, request: Request, max_batch: int | None) -> int:
         return micro_batch_size_for(request, self, max_batch)
@@ -271,7 +274,9 @@ class Pipeline:
         """text_encoder then text_cond: resident rows [cond (n); null (n)] of every text tensor."""
         t0 = time.perf_counter()
         spec, be = self.spec, self.backend
-        ids, mask, _ = encode_prompts(self.tokenizer, prompts, max_length=spec.max_text_tokens)
+        with warnings.catch_warnings():  # said once per request, with the user's prompt index
+            warnings.simplefilter("ignore", StagevarWarning)
+            ids, mask, _ = encode_prompts(self.tokenizer, prompts, max_length=spec.max_text_tokens)
         # TensorRT: a fixed padded length per bucket keeps its contexts' shapes (and CUDA graphs).
         ids, mask = pad_to_bucket(ids, mask, getattr(be, "text_buckets", None), self.tokenizer)
         (features,) = be.run_plain(gio.TEXT_ENCODER, {"input_ids": ids, "attention_mask": mask})

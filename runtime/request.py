@@ -65,6 +65,14 @@ def check_request(manifest, spec, prompt, seed, plan, cfg, tau, aspect, resoluti
     return Request(prompts, seeds, schedule, plan, cfg, tau, output_type, noise, keep)
 
 
+def warn_truncated(tokenizer, prompt, max_length: int) -> None:
+    """One StagevarWarning per prompt (as the user numbered them) that the encoder will truncate."""
+    from .tokenize import encode_prompts
+
+    prompts = normalize_prompts(prompt)
+    encode_prompts(tokenizer, prompts, max_length=max_length)  # warns with the index in `prompts`
+
+
 def micro_batch_size_for(request: Request, pipe, max_batch: int | None) -> int:
     """Images per micro-batch of `request` on `pipe` (its memory budget, model and backend).
 

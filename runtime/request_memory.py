@@ -6,7 +6,7 @@ the plan (which scales run, with or without CFG rows), the schedule (tokens per 
 and the model (depth, width, heads, VAE channels). The weights are not part of it: they are
 memory-mapped once per process whatever the batch.
 
-The estimate is deliberately conservative (attention scores materialised at full size, the
+The estimate is deliberately conservative (four score-sized attention buffers at full size, the
 largest VAE level's activations three times over, x1.25 for allocator slack): splitting a request
 in two costs a little speed, running out of memory costs the request. Micro-batches give the same
 images as one batch: image i's noise depends only on its seed, and batching never changes pixels.
@@ -23,6 +23,10 @@ from .stage_plan import Mode, StagePlan
 
 _F32 = 4
 _SLACK = 1.25  # allocator arenas, temporaries the graphs keep between nodes
+# Per-image memory ONNX Runtime CPU uses beyond the tensors modelled here (many small per-node
+# buffers): infinity-tiny at 0.25M with plan stagevar measured 41 MB per image where the model
+# above gives 19 MB (docs/benchmarks.md); negligible next to a 2B model's gigabytes.
+_PER_IMAGE_OVERHEAD = 32 << 20
 # Memory the process keeps for itself (interpreter, sessions' own buffers) beyond requests.
 _RESERVE_BYTES = 512 << 20
 GIB = float(1 << 30)
@@ -37,7 +41,7 @@ class RequestMemory:
 
     @property
     def per_image(self) -> int:
-        return int(max(self.scales_bytes, self.vae_bytes) * _SLACK)
+        return int((max(self.scales_bytes, self.vae_bytes) + _PER_IMAGE_OVERHEAD) * _SLACK)
 
     def peak(self, images: int) -> int:
         return images * self.per_image
@@ -62,7 +66,10 @@ def estimate(model: dict, schedule: ScaleSchedule, plan: StagePlan, kv_bytes: in
     for count, mode, rows in zip(counts, modes, rows_per_image):
         if mode is Mode.SKIP:
             continue
-        scores = rows * heads * count * (prefix + count) * _F32 * 2  # scores and softmax
+        # ONNX Runtime CPU keeps about four score-sized buffers alive per attention (Q K^T, scaled
+        # and masked, exp/softmax, its output): infinity-tiny at 0.25M exact measured 170 MB per
+        # image with 39 MB per score copy and 20 MB of K/V (docs/benchmarks.md, issue 14).
+        scores = rows * heads * count * (prefix + count) * _F32 * 4
         hidden = rows * count * width * _F32 * 10  # residual, q/k/v, 4x MLP, norms
         chunk_outputs = 2 * chunks * count * width * _F32  # this scale's and the previous one's
         logits = count * 2 * bits * _F32

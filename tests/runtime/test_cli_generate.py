@@ -182,12 +182,14 @@ def test_non_utf8_prompt_is_one_sentence(tiny_artifacts, tmp_path, capsys, monke
 
 
 def test_long_prompt_truncation_is_one_clean_line(tiny_artifacts, tmp_path, capsys):
-    # Guards against Python's raw warning format (internal file path and line, source echo).
+    # Guards against Python's raw warning format (internal file path and line, source echo), and
+    # against one warning per image or per micro-batch with batch-local prompt numbers.
     out = tmp_path / "x.png"
-    code = entry([str(tiny_artifacts), "word " * 2000, "--resolution", "0.06M", "--out", str(out)])
+    code = entry([str(tiny_artifacts), "a short one", "word " * 2000, "--num-images", "2", "--max-batch", "1",
+                  "--resolution", "0.06M", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 0 and out.exists()
-    assert len(err) == 1 and err[0].startswith("warning: Prompt 0 is longer than") and ".py" not in err[0]
+    assert code == 0 and (tmp_path / "x_p1_s3.png").exists()
+    assert len(err) == 1 and err[0].startswith("warning: Prompt 1 is longer than") and ".py" not in err[0]
 
 
 def test_progress_shows_on_a_terminal_only(tiny_artifacts, tmp_path, capsys, monkeypatch):
