@@ -23,9 +23,11 @@ from stagevar.runtime.stage_plan import PLAN_PRESETS
 from stagevar.runtime.tokenize import load_tokenizer_json
 
 # fp32, same weights, same inputs: the fused kernel and MatMul/Softmax/MatMul differ only in
-# summation order (ONNX Runtime's own kernels on both sides). 1e-5 absolute plus 1e-5 relative:
-# the CFG combination (3 cond - 2 null) / tau scales the logits, and their rounding, by up to 10.
-TOL = 1e-5
+# summation order over up to 10k keys (ONNX Runtime's own kernels on both sides). 1e-5 relative
+# plus 5e-5 absolute: the CFG combination (3 cond - 2 null) / tau scales the logits' rounding by up
+# to 10, and the LOWRANK chunk outputs carry it through 8 chunks (3.8e-5 measured on stagevar-full).
+# A wrong chunk boundary, scale or K/V row shows up as O(1).
+TOL, TOL_ABS = 1e-5, 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ class _ReplayOnDecomposed(OrtBackend):
         self.other = other
         self.compared: dict[str, int] = {}
         self.worst = 0.0
-        self.tolerance = lambda want: TOL + TOL * np.abs(want)
+        self.tolerance = lambda want: TOL_ABS + TOL * np.abs(want)
 
     def _compare(self, graph, feeds, got: dict):
         session = self.other.sessions[graph]
