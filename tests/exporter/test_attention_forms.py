@@ -23,8 +23,11 @@ from stagevar.runtime.stage_plan import PLAN_PRESETS
 from stagevar.runtime.tokenize import load_tokenizer_json
 
 # fp32, same weights, same inputs: the fused kernel and MatMul/Softmax/MatMul differ only in
-# summation order (ONNX Runtime's own kernels on both sides).
-TOL = 1e-5
+# summation order over up to 10k keys (ONNX Runtime's own kernels on both sides). 1e-5 relative
+# plus 5e-5 absolute: the CFG combination (3 cond - 2 null) / tau scales the logits' rounding by up
+# to 10, and the LOWRANK chunk outputs carry it through 8 chunks (3.8e-5 measured on stagevar-full).
+# A wrong chunk boundary, scale or K/V row shows up as O(1).
+TOL, TOL_ABS = 1e-5, 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +84,21 @@ class _ReplayOnDecomposed(OrtBackend):
         self.other = other
         self.compared: dict[str, int] = {}
         self.worst = 0.0
-        self.tolerance = lambda want: TOL
+        self.tolerance = lambda want: TOL_ABS + TOL * np.abs(want)
 
     def _compare(self, graph, feeds, got: dict):
         session = self.other.sessions[graph]
         want = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
         for name, a in got.items():
+            # uint8 images: the 1e-6 differences may move a pixel across a rounding boundary.
+            tol = (lambda _: 1.0) if np.issubdtype(np.asarray(a).dtype, np.integer) else self.tolerance
             a, b = np.asarray(a, np.float64), np.asarray(want[name], np.float64)
             assert a.shape == b.shape, (graph, name)
-            diff_all = np.where(a == b, 0.0, np.abs(a - b))  # equal infinities (text_bias's -inf) are equal
+            with np.errstate(invalid="ignore"):  # equal infinities (text_bias's -inf) are equal
+                diff_all = np.where(a == b, 0.0, np.abs(a - b))
             diff = float(np.max(diff_all, initial=0.0))
             self.worst = max(self.worst, diff)
-            assert np.all(diff_all <= self.tolerance(b)), f"{graph}.{name}: fused and decomposed differ by {diff:.2e}"
+            assert np.all(diff_all <= tol(b)), f"{graph}.{name}: fused and decomposed differ by {diff:.2e}"
         self.compared[graph] = self.compared.get(graph, 0) + 1
 
     def run_plain(self, graph, feeds):
