@@ -231,14 +231,17 @@ class TrtBackend:
 
     def _buffer(self, graph: str, name: str, role: str, nbytes: int):
         """The persistent device buffer of (graph, tensor, role): staging for host values and
-        aligned scratch. Persistent so the addresses, and the graphs captured with them, stay;
-        sized for the tensor's largest profile shape, so scales of every size share it."""
-        key = (graph, name, role)
+        aligned scratch. Persistent so the addresses, and the graphs captured with them, stay.
+        An input's buffer is sized for its largest profile shape, so every scale shares one
+        (LOWRANK's inputs are 53 MB per chunk at 64x64: one per size was hundreds kept);
+        outputs, whose largest size the profiles do not give, get one per size class."""
+        largest = self._largest(graph, name)
+        key = (graph, name, role) if largest else (graph, name, role, self.fixed_pool.size_class(nbytes))
         buf = self._staging.get(key)
         if buf is None or buf.nbytes < nbytes:
             if buf is not None:
                 self.fixed_pool.discard(buf)  # freed now, not cached: the pool stays trimmed
-            self._staging[key] = buf = self.fixed_pool.acquire(max(nbytes, self._largest(graph, name)))
+            self._staging[key] = buf = self.fixed_pool.acquire(max(nbytes, largest))
         return buf
 
     def _pinned_host(self, graph: str, name: str, nbytes: int):
