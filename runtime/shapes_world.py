@@ -231,3 +231,45 @@ def eval_prompts(n: int, seed: int = 1234, held_out: bool = True) -> list[tuple[
         scene = sample_scene(rng, held_out, kind=KINDS[i % len(KINDS)])
         out.append((caption(scene, 0), scene))
     return out
+
+
+# ---- reading a caption back ----------------------------------------------------------------
+def parse_caption(text: str) -> Scene | None:
+    """The scene a caption of this world asserts (objects at a canonical layout), or None.
+
+    Accepts every paraphrase `caption` produces, so prompts from a file can be judged by the
+    analyser when they are in the world's language; anything else gets None (no adherence).
+    """
+    words = " ".join(text.lower().replace(",", " ").split())
+    for pre in ("a picture of ", "an image of "):
+        if words.startswith(pre):
+            rest = words[len(pre):]
+            words = rest if rest.startswith("a ") or rest.split()[0] in COUNT_WORDS.values() else "a " + rest
+    toks = words.split()
+    colours, shapes = set(COLOURS), set(SHAPES)
+    # count: "<two|three> <colour> <shape>s"
+    if len(toks) == 3 and toks[0] in COUNT_WORDS.values() and toks[1] in colours and toks[2].rstrip("s") in shapes:
+        n = {v: k for k, v in COUNT_WORDS.items()}[toks[0]]
+        objs = tuple(WorldObject(toks[1], toks[2][:-1], COUNT_SIDE, 12, 2 + 10 * i) for i in range(n))
+        return Scene("count", objs, "plain", 0)
+    if len(toks) >= 4 and toks[0] == "a":
+        # single: "a <size> <colour> <shape> <position phrase>"
+        if toks[1] in SIZES and toks[2] in colours and toks[3] in shapes:
+            phrase = " ".join(toks[4:])
+            for pos, phrases in _POSITION_PHRASES.items():
+                if phrase in phrases:
+                    side = SIZES[toks[1]]
+                    r, c = POSITIONS[pos]
+                    obj = WorldObject(toks[2], toks[3], side, _clip(r - side // 2, side), _clip(c - side // 2, side))
+                    return Scene("single", (obj,), "plain", 0, size=toks[1], position=pos)
+        # relation: "a <colour> <shape> <relation phrase> a <colour> <shape>"
+        if toks[1] in colours and toks[2] in shapes and toks[-3] == "a" and toks[-2] in colours and toks[-1] in shapes:
+            rel = " ".join(toks[3:-3])
+            relation = {"left of": "left of", "to the left of": "left of", "above": "above", "on top of": "above"}.get(rel)
+            if relation is not None and toks[1] != toks[-2]:
+                a = WorldObject(toks[1], toks[2], 10, 11, 3)
+                b = WorldObject(toks[-2], toks[-1], 10, 11, 19)
+                if relation == "above":
+                    a, b = WorldObject(a.colour, a.shape, 10, 3, 11), WorldObject(b.colour, b.shape, 10, 19, 11)
+                return Scene("relation", (a, b), "plain", 0, relation=relation)
+    return None

@@ -26,6 +26,8 @@ class InfinityPreset:
     random_init_only: bool = False
     # Name of the weights folder shipped inside the package (stagevar/exporter/weights/), if any.
     shipped_weights: str | None = None
+    # Resolution an export uses when --resolution is not given.
+    default_resolution: str = "1M"
 
     @property
     def pixels_per_token(self) -> int:
@@ -114,6 +116,7 @@ def infinity_shapes() -> InfinityPreset:
         default_cfg=3.0,
         default_tau=0.5,
         shipped_weights="infinity-shapes",
+        default_resolution="8x8",
     )
 
 

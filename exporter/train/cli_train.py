@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, data and dropout (default 0)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval in steps")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1: on a shared machine a second thread mostly waits)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many transformer steps (the schedule stays --steps long) and write the weights")
     p.add_argument("--ship", action="store_true", help="copy the final weights into the package (developers)")
     return p
 
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     trainer = Trainer(preset, cfg, out)
-    trainer.run()
+    if args.stop_after is not None and not 1 <= args.stop_after <= args.steps:
+        raise StagevarError("--stop-after must be between 1 and --steps.")
+    trainer.run(args.stop_after)
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
     last = {}
     for r in trainer.history:
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": _commit(),
         "seed": cfg.seed,
         "config": asdict(cfg),
-        "steps": {"vae": cfg.vae_steps, "transformer": cfg.steps},
+        "steps": {"vae": cfg.vae_steps, "transformer": trainer.step, "transformer_schedule": cfg.steps},
         "final_losses": last,
         "train_seconds": {k: round(v, 1) for k, v in trainer.seconds.items()},
     }

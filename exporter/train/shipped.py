@@ -38,6 +38,8 @@ def write_weights(folder: Path, transformer, vae_decoder, text_encoder, provenan
     # Clones: T5 ties `shared` and `encoder.embed_tokens`; safetensors refuses shared storage.
     write_state_dict({k: v.detach().clone().contiguous() for k, v in text_encoder.t5.state_dict().items()},
                      folder / FILES["text_encoder"])
+    for f in FILES.values():  # atomic writes create 0600 files; shipped files are world-readable
+        (folder / f).chmod(0o644)
     provenance = dict(provenance, licence=LICENCE,
                       sha256={name: sha256_file(folder / f) for name, f in FILES.items()})
     (folder / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")

@@ -149,7 +149,10 @@ class Trainer:
         self.opt.step()
         return {"bit_ce": ce.item(), "bit_acc": acc.item()}
 
-    def run(self) -> None:
+    def run(self, stop_after: int | None = None) -> None:
+        """Train to the end of both phases, or stop after `stop_after` transformer steps (the
+        learning-rate schedule stays the one of the full run, so a stopped run equals the full
+        run's state at that step)."""
         self.vae.train(), self.transformer.train(), self.text.train()
         for phase, total, fn in (("vae", self.cfg.vae_steps, self.vae_step),
                                  ("transformer", self.cfg.steps, self.transformer_step)):
@@ -161,7 +164,8 @@ class Trainer:
                 self.vae.eval()
             t_phase = time.perf_counter()
             done_at_start = self.step
-            while self.step < total:
+            limit = total if phase == "vae" or stop_after is None else min(total, stop_after)
+            while self.step < limit:
                 metrics = fn()
                 self.step += 1
                 elapsed = time.perf_counter() - t_phase
@@ -172,15 +176,16 @@ class Trainer:
                 if self.step % 10 == 0 or self.step == total:
                     metr = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                     self._print(f"{phase} step {self.step}/{total} {metr}  {per:.2f} s/step, ETA {_fmt((total - self.step) * per)}")
-                if self.step % self.cfg.save_every == 0 or self.step == total:
+                if self.step % self.cfg.save_every == 0 or self.step == limit:
                     self.seconds[phase] = self.seconds.get(phase, 0.0) + elapsed - getattr(self, "_saved_elapsed", 0.0)
                     self._saved_elapsed = elapsed
                     self.save()
             self._saved_elapsed = 0.0
+            if phase == "transformer" and self.step < total:
+                break
             if phase == "vae":
                 self.phase, self.step = "transformer", 0
                 self.save()
-        self.phase = "done"
         self.vae.eval(), self.transformer.eval(), self.text.eval()
 
     def _print(self, msg: str) -> None:

@@ -103,7 +103,7 @@ def test_bad_options_get_one_sentence_and_write_nothing(tmp_path, capsys, args, 
 
 def test_an_export_killed_midway_leaves_no_directory_with_a_manifest(tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "stagevar.exporter.cli_export", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "stagevar.exporter.cli_export", "--model", "infinity-tiny", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 60
     # Kill it once it is writing graphs (the staging directory exists).
