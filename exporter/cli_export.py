@@ -23,7 +23,8 @@ from .trt.cli_build import add_engine_arguments
 
 _BUILD_EPILOG = ("TensorRT: `stagevar-export build DIR [--plugins PATH] [--opt-level 0-5] [--workspace-gib N] "
                  "[--timing-cache PATH] [--check] [--force]` builds engines for an existing export "
-                 "(see `stagevar-export build --help`).")
+                 "(see `stagevar-export build --help`). Rank table: `stagevar-export calibrate DIR [--prompts FILE] "
+                 "[--num-prompts N] [--alpha 0.96[,0.98]] [--seed S]` (see `stagevar-export calibrate --help`).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"8x8 for infinity-shapes, 1M otherwise)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="graph precision (default fp32)")
     p.add_argument("--alpha", default="0.96", help="StageVAR rank-table energy threshold (default 0.96)")
+    p.add_argument("--plans", default=None,
+                   help="comma-separated plans to record (default: every plan this model can run; low-rank plans "
+                        "need a rank table: the released one fits 8-chunk models, others run `calibrate` first)")
     p.add_argument("--batch", type=int, default=1, help="images per request the engine profiles are built for")
     p.add_argument("--out", help="output folder (default ./stagevar-artifacts/<model>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -71,10 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         from .trt.cli_build import main as build_main
 
         return build_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    from .infinity.presets import get_preset
+    if argv and argv[0] == "calibrate":
+        from .cli_calibrate import main as calibrate_main
 
-    preset = get_preset(args.model)
+        return calibrate_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    from .model_args import resolve_preset
+
+    preset = resolve_preset(args)
     if args.resolution is None:
         args.resolution = preset.default_resolution
     out = Path(args.out) if args.out else Path("stagevar-artifacts") / preset.name
@@ -97,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.plugins is not None and not args.plugins.is_file():
         raise StagevarError(f"--plugins {args.plugins} is not a file; pass the built libstagevar_trt_plugin.so.")
     check_checkpoint_args(preset, args)
+    from .infinity.export_artifacts import check_plans
+
+    plans = None if args.plans is None else [p.strip() for p in args.plans.split(",") if p.strip()]
+    # Before any loading or tracing: a plan this model cannot run costs one sentence, not an export.
+    plans = check_plans(preset.transformer.block_chunks, aspects, args.resolution, canonical_alpha(args.alpha), plans)
 
     # fidelity traces in a background process from the start; its phase is the wait for it.
     steps = ["load model", "text_encoder", "text_cond", "step", "vae_decoder", "fidelity", "manifest"]
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
         export_artifacts(
             bundle, out, aspects=aspects, resolution=args.resolution, precision=args.precision,
-            alpha=args.alpha, batch=args.batch, force=args.force,
+            alpha=args.alpha, batch=args.batch, force=args.force, plans=plans,
             progress=lambda phase, detail: progress.phase(detail if phase == "export" else phase),
         )
         progress.close()

@@ -15,8 +15,7 @@ from stagevar.runtime.cli_common import run_cli
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.stage_plan import DEFAULT_ALPHA, PLAN_PRESETS
 
-from .infinity.presets import get_preset
-from .model_args import add_model_arguments, load_bundle
+from .model_args import add_model_arguments, load_bundle, resolve_preset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .infinity.sampler import ReferenceSampler
 
-    preset = get_preset(args.model)
+    preset = resolve_preset(args)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise StagevarError(f"--out must name a .png file, not '{out}'.")

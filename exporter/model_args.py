@@ -9,10 +9,14 @@ from stagevar.runtime.errors import StagevarError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="infinity-shapes",
-                   help="infinity-shapes (default: trained, weights ship with the package), infinity-tiny "
-                        "(random, tests), infinity-mid, infinity2b or infinity8b")
+    p.add_argument("--model", default=None,
+                   help="infinity-shapes (default without --weights: trained, weights ship with the package), "
+                        "infinity-tiny (random, tests), infinity-mid, infinity2b, infinity8b, or auto "
+                        "(default with --weights: the architecture is read from the checkpoints)")
     p.add_argument("--weights-dir", help="infinity-shapes: a stagevar-train weights folder instead of the shipped one")
+    p.add_argument("--config", default=None,
+                   help="JSON file overriding or completing the architecture (sections transformer, vae, "
+                        "text_encoder; name, default_cfg, default_tau)")
     p.add_argument("--weights", help="transformer checkpoint: 2B .pth, 8B sharded folder, or .safetensors")
     p.add_argument("--vae", help="VAE checkpoint .pth (with or without the .conv/.norm level)")
     p.add_argument("--text-encoder", help="local flan-t5-xl folder (config, weights, tokenizer)")
@@ -63,3 +67,30 @@ def load_bundle(preset, args: argparse.Namespace):
     if args.random_init or preset.random_init_only:
         return InfinityBundle.random(preset, seed=args.init_seed)
     return InfinityBundle.from_checkpoints(preset, given["weights"], given["vae"], given["text_encoder"])
+
+
+AUTO = "auto"
+
+
+def resolve_preset(args: argparse.Namespace):
+    """The preset to export: a named one (checked against given checkpoints), or the checkpoints'
+    own architecture for --model auto / no --model with --weights; --config applied to either."""
+    from .infinity.auto_preset import check_preset_fits, infer_preset, with_overrides
+    from .infinity.presets import get_preset
+
+    model = args.model
+    if model is None:
+        model = AUTO if args.weights else "infinity-shapes"
+    if model.strip().lower() == AUTO:
+        given = {k: getattr(args, k) for k in ("weights", "vae", "text_encoder")}
+        if args.random_init or not all(given.values()):
+            raise StagevarError("--model auto reads the architecture from the checkpoints; pass --weights, --vae and "
+                                "--text-encoder (or name a preset with --model for random weights).")
+        for k, v in given.items():
+            if not Path(v).exists():
+                raise StagevarError(f"--{k.replace('_', '-')} path '{v}' does not exist.")
+        return infer_preset(args.weights, args.vae, args.text_encoder, getattr(args, "config", None))
+    preset = with_overrides(get_preset(model), getattr(args, "config", None))
+    if args.weights and args.vae and not args.random_init and Path(args.weights).exists() and Path(args.vae).exists():
+        check_preset_fits(preset, args.weights, args.vae)
+    return preset

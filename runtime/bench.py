@@ -47,11 +47,11 @@ def check_counts(runs: int, warmup: int) -> None:
 
 
 def resolve_plans(names: Sequence[str | StagePlan], schedule: ScaleSchedule, num_chunks: int,
-                  alpha) -> list[StagePlan]:
+                  alpha, table=None) -> list[StagePlan]:
     """StagePlans for the requested names (validated before any timing, so a typo costs nothing)."""
     if not names:
         raise StagevarError("No stage plan to benchmark; give at least one, for example exact,stagevar.")
-    plans = [p if isinstance(p, StagePlan) else make_plan(p, schedule, num_chunks=num_chunks, alpha=alpha)
+    plans = [p if isinstance(p, StagePlan) else make_plan(p, schedule, num_chunks=num_chunks, alpha=alpha, table=table)
              for p in names]
     seen = [p.name for p in plans]
     dupes = sorted({n for n in seen if seen.count(n) > 1})
@@ -171,7 +171,7 @@ def benchmark_pipeline(
     resolution = manifest.data.get("resolution", "1M") if resolution is None else resolution
     schedule = get_schedule(aspect, resolution)
     alpha = manifest.data.get("alpha", "0.96")
-    resolved = resolve_plans(plans, schedule, pipe.spec.block_chunks, alpha)
+    resolved = resolve_plans(plans, schedule, pipe.spec.block_chunks, alpha, getattr(pipe, "rank_table", None))
     say = progress or (lambda message: None)
     machine = machine_info()  # load average before the runs; "load_avg_end" after them
     entries = {}
@@ -181,6 +181,7 @@ def benchmark_pipeline(
         cold, measured = measure(lambda: pipe(prompt, seed=seed, plan=plan, aspect=aspect, resolution=resolution,
                                               output_type="np").timings, runs, warmup)
         entries[plan.name] = summarize(cold, measured, plan, schedule)
+        entries[plan.name]["rank_table"] = plan.rank_table  # released / calibrated (date), None without LOWRANK
         say(f"{plan.name}: p50 {entries[plan.name]['p50']['total']:.3f} s ({time.perf_counter() - t0:.1f} s)")
     model = manifest.data.get("model", {})
     report = {
@@ -260,6 +261,9 @@ def format_table(report: dict) -> str:
              f"{report.get('device', '')} | {s.get('aspect', '?')} {s.get('resolution', '?')} | "
              f"{s.get('runs', '?')} runs after {s.get('warmup', '?')} warmup",
              _plan_table(report, "")]
+    tables = {n: e["rank_table"] for n, e in report["plans"].items() if e.get("rank_table")}
+    if tables:
+        parts.append("rank table: " + "; ".join(f"{n}: {t}" for n, t in tables.items()))
     scales = _scale_table(report)
     if scales:
         parts += ["p50 per scale (ms, with mode):", scales]

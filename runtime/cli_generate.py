@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"plan {result.plan}: text {1000 * t['text']:.0f}ms | {per_scale} | vae {1000 * t['vae']:.0f}ms | "
           f"total {t['total']:.2f}s (runtime overhead {100 * t['overhead'] / max(t['total'], 1e-9):.1f}%)")
+    if result.rank_table:
+        print(f"rank table: {result.rank_table}, alpha {args.alpha or pipe.manifest.data.get('alpha')}")
     print(f"wrote {', '.join(map(str, paths))}")
     return 0
 

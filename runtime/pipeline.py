@@ -24,6 +24,7 @@ from . import graph_io as gio
 from .codes import CodeAccumulator, tokens_bits_to_code_map
 from .errors import StagevarError
 from .manifest import Manifest, load_manifest
+from .manifest_rank_table import load_rank_table
 from .noise import ScaleNoise, draw_batch_noise
 from .ort_backend import DeviceArray, KVCache, OrtBackend
 from .prompts import normalize_prompts
@@ -102,6 +103,8 @@ class PipelineOutput:
     seeds: list[int] | None
     intermediates: list[ScaleTrace] | None = None
     codes: np.ndarray | None = None
+    #: The rank table the plan's LOWRANK ranks came from (released / calibrated + date), or None.
+    rank_table: str | None = None
 
 
 class Pipeline:
@@ -117,6 +120,8 @@ class Pipeline:
         self.backend = backend
         self.tokenizer = tokenizer
         self.spec = ModelSpec.from_manifest(manifest)
+        # Checked now (digest, chunk count), so a bad table fails at load, not mid-request.
+        self.rank_table = load_rank_table(manifest, self.spec.block_chunks)
         self._lock = threading.Lock()
         self._rope: dict[tuple[float, str], tuple[np.ndarray, np.ndarray]] = {}
         self._area: dict[tuple[tuple[int, int], tuple[int, int]], dict[str, DeviceArray]] = {}
@@ -220,13 +225,13 @@ class Pipeline:
         timings["session"] = self.backend.session_seconds - session_start
         timings["overhead"] = timings["total"] - timings["session"]
         return PipelineOutput(images, timings, plan.name, seeds, traces if keep else None,
-                              codes if keep else None)
+                              codes if keep else None, plan.rank_table)
 
     def _plan(self, plan: str | StagePlan, schedule: ScaleSchedule, alpha) -> StagePlan:
         if isinstance(plan, StagePlan):
             validate(plan, schedule, self.spec.block_chunks)
             return plan
-        return make_plan(plan, schedule, num_chunks=self.spec.block_chunks, alpha=alpha)
+        return make_plan(plan, schedule, num_chunks=self.spec.block_chunks, alpha=alpha, table=self.rank_table)
 
     def _rope_tables(self, schedule: ScaleSchedule) -> tuple[np.ndarray, np.ndarray]:
         key = (schedule.h_div_w, schedule.resolution)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from .errors import StagevarError
-from .rank_table import TABLE_CHUNKS, canonical_alpha, rank_ratios
+from .rank_table import NONE, TABLE_CHUNKS, RankTable, released_table
 from .schedules import ScaleSchedule
 
 
@@ -39,6 +39,8 @@ class StagePlan:
     modes: tuple[Mode, ...]
     ranks: tuple[tuple[int, ...] | None, ...]
     alpha: str | None
+    #: Where the ranks came from (RankTable.describe()), None for plans without LOWRANK scales.
+    rank_table: str | None = None
 
     @property
     def num_scales(self) -> int:
@@ -101,6 +103,19 @@ def parse_mode(mode: Mode | str) -> Mode:
         ) from None
 
 
+def _check_table(table: RankTable, num_chunks: int, plan_name: str) -> None:
+    """A LOWRANK plan needs a table with one ratio per block chunk (refused before any work)."""
+    if table.source == NONE:
+        raise StagevarError(
+            f"Plan {plan_name!r} needs a StageVAR rank table, and this model ({num_chunks} block chunks) has none "
+            f"(the released table has {TABLE_CHUNKS} ratios per scale); run `stagevar-export calibrate DIR` to "
+            f"measure one, or use plan exact or cfg-off.")
+    if table.num_chunks != num_chunks:
+        raise StagevarError(
+            f"Plan {plan_name!r} needs {num_chunks} ratios per scale (one per block chunk) but the {table.source} "
+            f"rank table has {table.num_chunks}; run `stagevar-export calibrate DIR` for this model.")
+
+
 def _check_modes(modes: Sequence[Mode], schedule: ScaleSchedule, num_chunks: int) -> None:
     n = schedule.num_scales
     if len(modes) != n:
@@ -119,10 +134,6 @@ def _check_modes(modes: Sequence[Mode], schedule: ScaleSchedule, num_chunks: int
             if k not in fidelity:
                 raise StagevarError(
                     f"Scale {k} cannot be lowrank: the rank table only covers the last three scales ({', '.join(map(str, fidelity))})."
-                )
-            if num_chunks != TABLE_CHUNKS:
-                raise StagevarError(
-                    f"Lowrank needs {TABLE_CHUNKS} block chunks (the rank table has {TABLE_CHUNKS} ratios per scale), got {num_chunks}."
                 )
         if mode is Mode.CFG and non_cfg_seen:
             raise StagevarError(
@@ -161,14 +172,21 @@ def plan_from_modes(
     num_chunks: int = TABLE_CHUNKS,
     alpha: str | float = DEFAULT_ALPHA,
     name: str = "custom",
+    table: RankTable | None = None,
 ) -> StagePlan:
-    """Build and validate a plan from one mode per scale; LOWRANK ranks come from the rank table."""
+    """Build and validate a plan from one mode per scale; LOWRANK ranks come from `table`
+    (default: the released table)."""
     modes = tuple(parse_mode(m) for m in modes)
     _check_modes(modes, schedule, num_chunks)
     uses_table = Mode.LOWRANK in modes
-    ratios = rank_ratios(alpha) if uses_table else None
+    ratios = None
+    if uses_table:
+        table = released_table() if table is None else table
+        _check_table(table, num_chunks, name)
+        ratios = table.ratios(alpha)
     ranks = tuple(_lowrank_ranks(k, schedule, ratios) if m is Mode.LOWRANK else None for k, m in enumerate(modes))
-    plan = StagePlan(name, modes, ranks, canonical_alpha(alpha) if uses_table else None)
+    plan = StagePlan(name, modes, ranks, table.canonical_alpha(alpha) if uses_table else None,
+                     table.describe() if uses_table else None)
     validate(plan, schedule, num_chunks)
     return plan
 
@@ -178,8 +196,10 @@ def make_plan(
     schedule: ScaleSchedule,
     num_chunks: int = TABLE_CHUNKS,
     alpha: str | float = DEFAULT_ALPHA,
+    table: RankTable | None = None,
 ) -> StagePlan:
-    """The plan of a named preset (exact, stagevar, stagevar-full, cfg-off) for a schedule."""
+    """The plan of a named preset (exact, stagevar, stagevar-full, cfg-off) for a schedule;
+    LOWRANK ranks come from `table` (default: the released table)."""
     key = preset.strip().lower() if isinstance(preset, str) else preset
     if key not in PLAN_PRESETS:
         raise StagevarError(f"Stage plan {preset!r} is not known; choose one of {', '.join(PLAN_PRESETS)}.")
@@ -195,4 +215,17 @@ def make_plan(
     elif key == "cfg-off":
         for k in fid:
             modes[k] = Mode.UNCOND
-    return plan_from_modes(modes, schedule, num_chunks=num_chunks, alpha=alpha, name=key)
+    return plan_from_modes(modes, schedule, num_chunks=num_chunks, alpha=alpha, name=key, table=table)
+
+
+def runnable_plans(schedule: ScaleSchedule, num_chunks: int, table: RankTable,
+                   alpha: str | float = DEFAULT_ALPHA) -> tuple[str, ...]:
+    """The plan presets this model can run with `table` at `alpha` (exact and cfg-off always can)."""
+    names = []
+    for name in PLAN_PRESETS:
+        try:
+            make_plan(name, schedule, num_chunks=num_chunks, alpha=alpha, table=table)
+        except StagevarError:
+            continue
+        names.append(name)
+    return tuple(names)

@@ -3,10 +3,18 @@
 2B: one `.pth` state dict. 8B: an HF-style sharded folder. Safetensors files work too.
 Every load is strict: a mismatch names the missing and unexpected keys instead of
 `load_state_dict(strict=False)` silently keeping random weights.
+
+Two quirks of the official files are accepted, exactly as the official loader treats them
+(FoundationVision/Infinity `Infinity.load_state_dict`): the legacy buffers it pops before
+loading (`lvl_1L`, `attn_bias_for_masking`, `Infinity_visible_kvlen`, `Infinity_invisible_qlen`)
+are ignored, and the `zero_k_bias` buffers (constant zeros, which a checkpoint saved without
+persistent buffers lacks) are filled with zeros. Each load says in one line what it did.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,11 +45,47 @@ def adapt_cfg_uncond(state: dict[str, torch.Tensor], config: InfinityConfig) -> 
     return state
 
 
-def load_transformer(path: str | Path, config: InfinityConfig, what: str = "Infinity transformer") -> InfinityTransformer:
-    """Build the transformer and load a checkpoint strictly (fp32, eval mode)."""
+#: Buffers the official loader pops from every checkpoint before loading (runtime-only state).
+LEGACY_BUFFERS = ("lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen")
+ZERO_K_BIAS = "zero_k_bias"
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def apply_official_quirks(
+    state: dict[str, torch.Tensor], model: InfinityTransformer, say: Callable[[str], None] = _stderr
+) -> dict[str, torch.Tensor]:
+    """Drop the legacy buffers and fill absent zero_k_bias buffers; everything else is untouched.
+
+    Only these two differences are forgiven; any other missing or extra key still fails the
+    strict match that follows. A zero_k_bias the checkpoint does hold is loaded as stored.
+    """
+    state = dict(state)
+    dropped = [k for k in LEGACY_BUFFERS if state.pop(k, None) is not None]
+    expected = model.state_dict()
+    filled = [k for k in expected if k.rsplit(".", 1)[-1] == ZERO_K_BIAS and k not in state]
+    for key in filled:
+        state[key] = torch.zeros(expected[key].shape, dtype=torch.float32)
+    notes = []
+    if dropped:
+        notes.append(f"ignored the legacy buffer{'s' if len(dropped) > 1 else ''} {', '.join(dropped)} "
+                     f"(the official loader drops them)")
+    if filled:
+        notes.append(f"filled {len(filled)} absent zero_k_bias buffer{'s' if len(filled) > 1 else ''} with zeros")
+    if notes:
+        say("checkpoint: " + "; ".join(notes) + ".")
+    return state
+
+
+def load_transformer(path: str | Path, config: InfinityConfig, what: str = "Infinity transformer",
+                     say: Callable[[str], None] = _stderr) -> InfinityTransformer:
+    """Build the transformer and load a checkpoint strictly (fp32, eval mode), official quirks accepted."""
     state = adapt_cfg_uncond(read_state_dict(path), config)
     with torch.device("meta"):
         model = InfinityTransformer(config)
+    state = apply_official_quirks(state, model, say)
     match_state_dict(model, state, what)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)

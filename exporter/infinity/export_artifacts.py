@@ -10,9 +10,10 @@ from pathlib import Path
 from stagevar import __version__
 from stagevar.runtime import graph_io as gio
 from stagevar.runtime.manifest import write_manifest
-from stagevar.runtime.rank_table import canonical_alpha, rank_ratios
+from stagevar.runtime.manifest_rank_table import none_entry, released_entry
+from stagevar.runtime.rank_table import NONE, RankTable, canonical_alpha, table_for_chunks
 from stagevar.runtime.schedules import get_schedule
-from stagevar.runtime.stage_plan import PLAN_PRESETS, Mode, make_plan
+from stagevar.runtime.stage_plan import PLAN_PRESETS, Mode, make_plan, runnable_plans
 
 from ..artifact_dir import staged_output
 from ..graph_spec import graph_io_spec
@@ -43,18 +44,27 @@ def _tool_versions() -> dict:
     return versions
 
 
-def scale_entries(bundle: InfinityBundle, aspects: Sequence[str], resolution: str, alpha: str, batch: int) -> list[dict]:
-    """One engine entry per (aspect, scale, graph, shapes) that any plan preset executes.
+def scale_entries(bundle: InfinityBundle, aspects: Sequence[str], resolution: str, alpha: str, batch: int,
+                  table: RankTable | None = None, plans: Sequence[str] | None = None) -> list[dict]:
+    """One engine entry per (aspect, scale, graph, shapes) that the export's plans execute."""
+    cfg = bundle.preset.transformer
+    table = table_for_chunks(cfg.block_chunks) if table is None else table
+    return engine_entries(cfg.block_chunks, aspects, resolution, alpha, batch, table, plans)
+
+
+def engine_entries(num_chunks: int, aspects: Sequence[str], resolution: str, alpha: str, batch: int,
+                   table: RankTable, plans: Sequence[str] | None = None) -> list[dict]:
+    """One engine entry per (aspect, scale, graph, shapes) that any of `plans` executes.
 
     TensorRT builds one optimisation profile per entry (min = opt = max); ONNX Runtime ignores
-    them. Past tokens depend on the plan: LOWRANK scales append no K/V.
+    them. Past tokens depend on the plan: LOWRANK scales append no K/V. The ranks come from
+    `table`, so calibrating an export rewrites these entries.
     """
-    cfg = bundle.preset.transformer
     entries, seen = [], set()
     for aspect in aspects:
         schedule = get_schedule(aspect, resolution)
-        for preset in PLAN_PRESETS:
-            plan = make_plan(preset, schedule, num_chunks=cfg.block_chunks, alpha=alpha)
+        for preset in (runnable_plans(schedule, num_chunks, table, alpha) if plans is None else plans):
+            plan = make_plan(preset, schedule, num_chunks=num_chunks, alpha=alpha, table=table)
             past = 0
             for k, mode in enumerate(plan.modes):
                 if mode is Mode.SKIP:
@@ -75,9 +85,25 @@ def scale_entries(bundle: InfinityBundle, aspects: Sequence[str], resolution: st
     return entries
 
 
-def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, precision, alpha, batch, timings) -> dict:
+def check_plans(num_chunks: int, aspects: Sequence[str], resolution: str, alpha: str,
+                plans: Sequence[str] | None) -> tuple[str, ...]:
+    """The plans the export records: those asked for (each must run with the table this model
+    has, else one sentence, before any tracing), or every preset that can run."""
+    table = table_for_chunks(num_chunks)
+    schedule = get_schedule(aspects[0], resolution)
+    if plans is None:
+        return runnable_plans(schedule, num_chunks, table, alpha)
+    for name in plans:
+        make_plan(name, schedule, num_chunks=num_chunks, alpha=alpha, table=table)  # raises StagevarError
+    return tuple(plans)
+
+
+def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, precision, alpha, batch, timings,
+                   plans: Sequence[str] | None = None) -> dict:
     preset = bundle.preset
     cfg = preset.transformer
+    table = table_for_chunks(cfg.block_chunks)
+    plans = check_plans(cfg.block_chunks, aspects, resolution, alpha, plans)
     schedules = {}
     for aspect in aspects:
         s = get_schedule(aspect, resolution)
@@ -87,6 +113,7 @@ def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, pr
         "family": "infinity",
         "model": {
             "preset": preset.name,
+            "architecture_source": preset.source,
             "config": asdict(cfg),
             "config_hash": cfg.config_hash(),
             "head_dim": cfg.head_dim,
@@ -98,6 +125,7 @@ def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, pr
             "default_tau": preset.default_tau,
             "random_init": "random_init" in bundle.provenance,
             "weights": bundle.provenance,
+            **({"checkpoint_paths": bundle.paths} if bundle.paths else {}),
         },
         "precision": precision,
         "opset": DEFAULT_OPSET,
@@ -107,10 +135,11 @@ def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, pr
         "aspects": list(schedules),
         "schedules": schedules,
         "alpha": alpha,
-        "rank_table": {"alpha": alpha, "ratios": [list(r) for r in rank_ratios(alpha)], "rank": "min(M, int(ratio * M) + 1)"},
+        "rank_table": none_entry(cfg.block_chunks) if table.source == NONE else released_entry(alpha),
+        "plans": list(plans),
         "batch": batch,
         "graphs": graphs,
-        "engines": scale_entries(bundle, aspects, resolution, alpha, batch),
+        "engines": engine_entries(cfg.block_chunks, aspects, resolution, alpha, batch, table, plans),
         "export_seconds": timings,
     }
 
@@ -126,6 +155,7 @@ def export_artifacts(
     batch: int = 1,
     force: bool = False,
     progress: Progress | None = None,
+    plans: Sequence[str] | None = None,
 ) -> Path:
     """Export every graph, the tokenizer and the manifest into `out_dir` (written last, atomically)."""
     from stagevar.runtime.errors import StagevarError
@@ -136,6 +166,8 @@ def export_artifacts(
         raise StagevarError("--batch must be at least 1.")
     alpha = canonical_alpha(alpha)
     aspects = [get_schedule(a, resolution).aspect_name for a in aspects]  # validates early
+    # Plans this model cannot run (low-rank without a table) are refused here, before any tracing.
+    plans = check_plans(bundle.preset.transformer.block_chunks, aspects, resolution, alpha, plans)
     report = progress or (lambda phase, detail: None)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
@@ -173,5 +205,5 @@ def export_artifacts(
         (stage / "tokenizer").mkdir()
         bundle.tokenizer.save(str(stage / "tokenizer" / "tokenizer.json"))
         report("manifest", "hashing files")
-        write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings))
+        write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings, plans))
     return out_dir

@@ -30,6 +30,8 @@ class InfinityBundle:
     provenance: dict = field(default_factory=dict)
     # Large random-init models live on the meta device; these produce their weights at save time.
     sources: dict = field(default_factory=dict)
+    # Absolute checkpoint paths (from_checkpoints), recorded so `calibrate` can reload the model.
+    paths: dict = field(default_factory=dict)
 
     @property
     def is_lazy(self) -> bool:
@@ -79,7 +81,9 @@ class InfinityBundle:
             "vae": _digest(vae),
             "text_encoder": _digest(text_encoder),
         }
-        return cls(preset, transformer, decoder, encoder, tokenizer, provenance)
+        paths = {"weights": str(Path(weights).resolve()), "vae": str(Path(vae).resolve()),
+                 "text_encoder": str(Path(text_encoder).resolve())}
+        return cls(preset, transformer, decoder, encoder, tokenizer, provenance, paths=paths)
 
     @classmethod
     def shipped(cls, preset: InfinityPreset, folder: str | Path | None = None) -> "InfinityBundle":
@@ -92,7 +96,7 @@ class InfinityBundle:
         folder = Path(folder) if folder is not None else weights_folder(preset.shipped_weights)
         transformer, vae, text, prov = load_weights(preset, folder)
         provenance = {"trained": {k: prov[k] for k in ("command", "commit", "seed", "steps", "final_losses", "sha256") if k in prov},
-                      "licence": prov.get("licence")}
+                      "licence": prov.get("licence"), "folder": str(folder)}
         return cls(preset, transformer, vae, text, build_tiny_tokenizer(), provenance)
 
     def tokenize(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:

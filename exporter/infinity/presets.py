@@ -28,6 +28,9 @@ class InfinityPreset:
     shipped_weights: str | None = None
     # Resolution an export uses when --resolution is not given.
     default_resolution: str = "1M"
+    # Where the architecture came from: "preset" (a named one), "checkpoint" (--model auto),
+    # with "+config" when --config changed it. Recorded in the manifest.
+    source: str = "preset"
 
     @property
     def pixels_per_token(self) -> int:
