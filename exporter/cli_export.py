@@ -1,7 +1,7 @@
 """`stagevar-export`: per-scale ONNX graphs with StageVAR compiled in, a verified manifest, a check.
 
-With no arguments it exports the built-in `infinity-tiny` preset (random weights) to
-./stagevar-artifacts/infinity-tiny. `stagevar-export build DIR` builds TensorRT engines for an
+With no arguments it exports the built-in `infinity-shapes` preset (a small Infinity trained on
+the synthetic shapes world; its weights ship with the package) to ./stagevar-artifacts/infinity-shapes. `stagevar-export build DIR` builds TensorRT engines for an
 existing export (exporter/trt/cli_build.py); `--engine trt` exports, then builds.
 """
 
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_version(p)
     add_model_arguments(p)
     p.add_argument("--aspect", default="1:1", help="comma-separated width:height list, e.g. 1:1,16:9 (default 1:1)")
-    p.add_argument("--resolution", default="1M", help=f"one of {', '.join(RESOLUTIONS)} (default 1M)")
+    p.add_argument("--resolution", default=None, help=f"one of {', '.join(RESOLUTIONS)} (default: the model's, "
+                   f"8x8 for infinity-shapes, 1M otherwise)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="graph precision (default fp32)")
     p.add_argument("--alpha", default="0.96", help="StageVAR rank-table energy threshold (default 0.96)")
     p.add_argument("--plans", default=None,
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     from .model_args import resolve_preset
 
     preset = resolve_preset(args)
+    if args.resolution is None:
+        args.resolution = preset.default_resolution
     out = Path(args.out) if args.out else Path("stagevar-artifacts") / preset.name
     aspects = [a.strip() for a in args.aspect.split(",") if a.strip()]
     if not aspects:
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = json.loads((out / "manifest.json").read_text())
     print(_summary(out, manifest, progress))
-    label = "RANDOM weights (a demo/test export, images are noise)" if manifest["model"]["random_init"] else "checkpoint weights"
+    label = ("RANDOM weights (a demo/test export, images are noise)" if manifest["model"]["random_init"]
+             else "trained weights shipped with stagevar" if "trained" in manifest["model"]["weights"] else "checkpoint weights")
     print(f"exported {preset.name} ({label}), {args.precision}, aspects {', '.join(manifest['aspects'])} "
           f"to {out} in {time.perf_counter() - t0:.1f} s")
     code = 0

@@ -14,8 +14,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=None,
                    help=f"model preset: {', '.join(PRESETS)}, or VAR's {', '.join(VAR_PRESETS)}; or auto (the "
-                        "architecture is read from the checkpoints). Default: infinity-tiny without --weights, "
-                        "auto with --weights")
+                        "architecture is read from the checkpoints). Default: infinity-shapes (trained, weights ship "
+                        "with the package) without --weights, auto with --weights")
+    p.add_argument("--weights-dir", help="infinity-shapes: a stagevar-train weights folder instead of the shipped one")
     p.add_argument("--config", default=None,
                    help="JSON file overriding or completing the architecture (sections transformer, vae, "
                         "text_encoder; name, default_cfg, default_tau)")
@@ -29,6 +30,19 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def check_checkpoint_args(preset, args: argparse.Namespace) -> dict:
     """The three checkpoint paths, all given and existing, or one clear error."""
     given = {k: getattr(args, k) for k in ("weights", "vae", "text_encoder")}
+    weights_dir = getattr(args, "weights_dir", None)
+    if weights_dir is not None and preset.shipped_weights is None:
+        raise StagevarError(f"--weights-dir is for trained presets such as infinity-shapes, not {preset.name}.")
+    if preset.shipped_weights is not None:
+        if any(given.values()):
+            raise StagevarError(f"{preset.name} loads its weights from a stagevar-train folder; use "
+                                f"--weights-dir instead of --weights/--vae/--text-encoder.")
+        if weights_dir is not None and args.random_init:
+            raise StagevarError("--random-init cannot be combined with --weights-dir.")
+        if weights_dir is not None and not Path(weights_dir).is_dir():
+            raise StagevarError(f"--weights-dir '{weights_dir}' is not a folder; pass a stagevar-train "
+                                f"weights folder (it holds provenance.json).")
+        return given
     if any(given.values()) and args.random_init:
         raise StagevarError("--random-init cannot be combined with --weights, --vae or --text-encoder.")
     if preset.random_init_only:
@@ -51,6 +65,8 @@ def load_bundle(preset, args: argparse.Namespace):
     from .infinity.model_bundle import InfinityBundle
 
     given = check_checkpoint_args(preset, args)
+    if preset.shipped_weights is not None and not args.random_init:
+        return InfinityBundle.shipped(preset, getattr(args, "weights_dir", None))
     if args.random_init or preset.random_init_only:
         return InfinityBundle.random(preset, seed=args.init_seed)
     return InfinityBundle.from_checkpoints(preset, given["weights"], given["vae"], given["text_encoder"])
@@ -67,7 +83,7 @@ def resolve_preset(args: argparse.Namespace):
 
     model = args.model
     if model is None:
-        model = AUTO if args.weights else "infinity-tiny"
+        model = AUTO if args.weights else "infinity-shapes"
     if model.strip().lower() == AUTO:
         given = {k: getattr(args, k) for k in ("weights", "vae", "text_encoder")}
         if args.random_init or not all(given.values()):

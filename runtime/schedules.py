@@ -46,9 +46,19 @@ def _build_templates() -> dict[float, tuple[tuple[int, int], ...]]:
 
 _TEMPLATES = _build_templates()
 
-#: Resolution presets, each a prefix of the 13-scale template (number of scales below).
-RESOLUTIONS = ("0.06M", "0.25M", "0.60M", "1M")
+#: Resolution presets of the released templates, each a prefix of the 13-scale template.
+TEMPLATE_RESOLUTIONS = ("0.06M", "0.25M", "0.60M", "1M")
 _NUM_SCALES = {"0.06M": 7, "0.25M": 10, "0.60M": 12, "1M": 13}
+
+#: Square-only schedules of this project's small trained models (not an Infinity template):
+#: "8x8" is 7 scales on an 8x8 final grid (155 tokens), VAR-style non-template sides, so that a
+#: CPU-trainable model still has the fidelity stage as a minority (3 of 7) of its scales.
+GRID_SCHEDULES: dict[str, tuple[tuple[int, int], ...]] = {
+    "8x8": ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (8, 8)),
+}
+
+#: Every resolution name get_schedule accepts.
+RESOLUTIONS = TEMPLATE_RESOLUTIONS + tuple(GRID_SCHEDULES)
 
 #: The h/w keys of the 15 aspect templates, ascending.
 H_DIV_W_TEMPLATES: tuple[float, ...] = tuple(_TEMPLATES)
@@ -150,6 +160,10 @@ def _check_resolution(resolution: str) -> str:
 
 
 def _make(h_div_w: float, resolution: str) -> ScaleSchedule:
+    if resolution in GRID_SCHEDULES:
+        scales = GRID_SCHEDULES[resolution]
+        # RoPE is normalised to the schedule's own final grid (its "full" template is itself).
+        return ScaleSchedule(1.0, resolution, scales, scales)
     full = _TEMPLATES[h_div_w]
     return ScaleSchedule(h_div_w, resolution, full[: _NUM_SCALES[resolution]], full)
 
@@ -161,6 +175,10 @@ def get_schedule(aspect: str | float = "1:1", resolution: str = "1M") -> ScaleSc
     """
     resolution = _check_resolution(resolution)
     h_div_w = parse_aspect(aspect)
+    if resolution in GRID_SCHEDULES:
+        if h_div_w != 1.0:
+            raise StagevarError(f"Resolution {resolution} is square only; use aspect 1:1 with it.")
+        return _make(1.0, resolution)
     nearest = min(H_DIV_W_TEMPLATES, key=lambda t: abs(h_div_w - t))
     if max(h_div_w / nearest, nearest / h_div_w) > _MAX_ASPECT_FACTOR:
         names = ", ".join(_make(t, resolution).aspect_name for t in H_DIV_W_TEMPLATES)
@@ -173,4 +191,6 @@ def get_schedule(aspect: str | float = "1:1", resolution: str = "1M") -> ScaleSc
 def all_templates(resolution: str = "1M") -> list[ScaleSchedule]:
     """The schedules of all 15 aspect templates at one resolution, by ascending h/w."""
     resolution = _check_resolution(resolution)
+    if resolution in GRID_SCHEDULES:
+        return [_make(1.0, resolution)]
     return [_make(t, resolution) for t in H_DIV_W_TEMPLATES]

@@ -98,6 +98,15 @@ def rebuild_bundle(manifest: Manifest, weights=None, vae=None, text_encoder=None
     model = manifest.model
     preset = preset_from_manifest(model)
     provenance = model.get("weights", {})
+    if "trained" in provenance:  # a stagevar-train model (infinity-shapes): its weights folder
+        from .presets import get_preset
+
+        if any((weights, vae, text_encoder)):
+            raise StagevarError(f"Export {manifest.root} has trained weights of its own; drop --weights/--vae/--text-encoder.")
+        bundle = InfinityBundle.shipped(get_preset(model["preset"]), provenance.get("folder"))
+        if bundle.provenance["trained"].get("sha256") != provenance["trained"].get("sha256"):
+            raise StagevarError(f"The weights of {model['preset']} changed since {manifest.root} was exported; export again.")
+        return bundle
     if "random_init" in provenance:
         if any((weights, vae, text_encoder)):
             raise StagevarError(f"Export {manifest.root} has random weights; drop --weights/--vae/--text-encoder.")

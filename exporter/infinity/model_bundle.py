@@ -85,6 +85,20 @@ class InfinityBundle:
                  "text_encoder": str(Path(text_encoder).resolve())}
         return cls(preset, transformer, decoder, encoder, tokenizer, provenance, paths=paths)
 
+    @classmethod
+    def shipped(cls, preset: InfinityPreset, folder: str | Path | None = None) -> "InfinityBundle":
+        """A trained preset's weights: the package's shipped folder, or a stagevar-train `folder`.
+
+        Every file is checked against the sha256 in its provenance.json, then loaded strictly.
+        """
+        from ..train.shipped import load_weights, weights_folder
+
+        folder = Path(folder) if folder is not None else weights_folder(preset.shipped_weights)
+        transformer, vae, text, prov = load_weights(preset, folder)
+        provenance = {"trained": {k: prov[k] for k in ("command", "commit", "seed", "steps", "final_losses", "sha256") if k in prov},
+                      "licence": prov.get("licence"), "folder": str(folder)}
+        return cls(preset, transformer, vae, text, build_tiny_tokenizer(), provenance)
+
     def tokenize(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and 0/1 mask (N, T) int64, padded to the longest prompt."""
         ids, mask, _ = encode_prompts(self.tokenizer, prompts, max_length=self.max_text_tokens)

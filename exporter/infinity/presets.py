@@ -24,6 +24,10 @@ class InfinityPreset:
     default_tau: float
     # True for presets that exist only with random weights (no released checkpoint).
     random_init_only: bool = False
+    # Name of the weights folder shipped inside the package (stagevar/exporter/weights/), if any.
+    shipped_weights: str | None = None
+    # Resolution an export uses when --resolution is not given.
+    default_resolution: str = "1M"
     # Where the architecture came from: "preset" (a named one), "checkpoint" (--model auto),
     # with "+config" when --config changed it. Recorded in the manifest.
     source: str = "preset"
@@ -95,6 +99,30 @@ def infinity_tiny_patchify() -> InfinityPreset:
     )
 
 
+def infinity_shapes() -> InfinityPreset:
+    """A small Infinity trained here on the synthetic shapes world: the default of stagevar-export.
+
+    Infinity-2B's architecture at 64 wide (8 chunks of 1 block, so the StageVAR rank table
+    applies), 16 bits per token, tiny T5 (trained with the transformer) and a x4 BSQ-VAE:
+    32x32 images on the 7-scale "8x8" schedule (1,2,3,4,5,6,8). Weights ship with the package
+    (exporter/weights/infinity-shapes, with provenance); `stagevar-train` reproduces them.
+    """
+    return InfinityPreset(
+        name="infinity-shapes",
+        transformer=InfinityConfig(
+            depth=8, embed_dim=64, num_heads=2, block_chunks=8, text_channels=128,
+            text_maxlen=64, code_dim=16, patchify=False,
+        ),
+        vae=VAEDecoderConfig(code_dim=16, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
+                             norm_groups=8),
+        text=tiny_t5_config(),
+        default_cfg=3.0,
+        default_tau=0.5,
+        shipped_weights="infinity-shapes",
+        default_resolution="8x8",
+    )
+
+
 def _small_random_preset(name: str, embed_dim: int, num_heads: int) -> InfinityPreset:
     """8 chunks of 1 block (the rank table's 8 entries apply), tiny T5 and VAE, random weights."""
     return InfinityPreset(
@@ -112,6 +140,7 @@ def _small_random_preset(name: str, embed_dim: int, num_heads: int) -> InfinityP
 
 
 PRESETS: dict[str, Callable[[], InfinityPreset]] = {
+    "infinity-shapes": infinity_shapes,
     "infinity-tiny": infinity_tiny,
     "infinity2b": infinity2b,
     "infinity8b": infinity8b,
@@ -122,7 +151,7 @@ PRESETS: dict[str, Callable[[], InfinityPreset]] = {
 def get_preset(name: str) -> InfinityPreset:
     """Look a preset up by its user-facing name (`infinity-tiny`, `infinity2b`, `infinity8b`)."""
     key = name.lower().replace("_", "-")
-    aliases = {"infinity-2b": "infinity2b", "infinity-8b": "infinity8b", "tiny": "infinity-tiny"}
+    aliases = {"infinity-2b": "infinity2b", "infinity-8b": "infinity8b", "tiny": "infinity-tiny", "shapes": "infinity-shapes"}
     key = aliases.get(key, key)
     if key not in PRESETS:
         raise StagevarError(f"Unknown model '{name}'; choose one of: {', '.join(PRESETS)}.")

@@ -106,7 +106,7 @@ def test_an_export_killed_midway_leaves_no_directory_with_a_manifest(tmp_path):
     before the graphs), so a kill leaves a folder that looks complete. The kill must land while
     the staging folder exists and the export is still running, or the test proves nothing."""
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "stagevar.exporter.cli_export", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "stagevar.exporter.cli_export", "--model", "infinity-tiny", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180  # the machine may be shared: starting torch can take a while
     staged = []

@@ -5,7 +5,7 @@ import pytest
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.schedules import (
     H_DIV_W_TEMPLATES,
-    RESOLUTIONS,
+    TEMPLATE_RESOLUTIONS,
     all_templates,
     get_schedule,
     parse_aspect,
@@ -26,7 +26,7 @@ def test_square_1m_schedule_has_13_scales_and_10521_tokens():
 
 def test_resolutions_are_prefixes_of_the_template():
     full = get_schedule("1:1", "1M")
-    for res, n in zip(RESOLUTIONS, (7, 10, 12, 13)):
+    for res, n in zip(TEMPLATE_RESOLUTIONS, (7, 10, 12, 13)):
         s = get_schedule("1:1", res)
         assert s.num_scales == n
         assert s.scales == full.scales[:n]

@@ -1,0 +1,1 @@
+"""Training of small Infinity-family models on the synthetic shapes world (torch side)."""
