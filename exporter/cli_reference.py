@@ -1,7 +1,7 @@
 """`stagevar-reference`: run the eager torch reference sampler and write PNG images.
 
 The ground truth every compiled artifact is checked against, and the baseline in benchmarks.
-With no checkpoint arguments it uses the built-in `infinity-tiny` preset with random weights.
+With no checkpoint arguments it uses the default preset (`infinity-shapes`, trained weights shipped with the package); `--model` picks another.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def run_var_export(args: argparse.Namespace) -> int:
     """Validate every option first (one sentence, nothing written), then export, then --check."""
     preset = get_var_preset(args.model)
     out = Path(args.out) if args.out else Path("stagevar-artifacts") / preset.name
-    if args.aspect.strip() != "1:1" or args.resolution != "1M":
+    if args.aspect.strip() != "1:1" or args.resolution is not None:
         raise StagevarError(f"{preset.name} has one fixed square schedule ({preset.image_size} px); drop --aspect "
                             f"and --resolution.")
     if args.engine is not None or args.plugins is not None:

@@ -26,7 +26,8 @@ from stagevar.runtime.var_schedule import as_scale_schedule
 
 from ..artifact_dir import staged_output
 from ..graph_spec import graph_io_spec
-from ..onnx_export import DEFAULT_OPSET, export_program
+from ..attention_form import current_opset
+from ..onnx_export import export_program
 from ..onnx_io import SharedWeightsWriter, save_graph
 from .bundle import VarBundle
 from .graphs import ClassCondGraph, VarFidelityGraph, VarStepGraph, VqvaeDecoderGraph
@@ -134,7 +135,7 @@ def build_manifest(bundle: VarBundle, graphs: dict, precision: str, batch: int, 
             "checkpoint_paths": bundle.paths,
         },
         "precision": precision,
-        "opset": DEFAULT_OPSET,
+        "opset": current_opset(),  # VAR traces outside an attention form: the decomposed opset
         "tools": _tools(),
         "glue": {"path": GLUE_PATH},
         "schedules": {"1:1": {"patch_nums": list(cfg.patch_nums)}},

@@ -11,7 +11,7 @@ from PIL import Image
 from stagevar.exporter.cli_reference import entry
 from stagevar.exporter.infinity.sampler import ReferenceSampler
 
-RES = ["--resolution", "0.06M"]
+RES = ["--model", "infinity-tiny", "--resolution", "0.06M"]
 
 
 def test_writes_the_reference_samplers_images_in_prompt_major_order(tiny_bundle, tmp_path, capsys):

@@ -22,7 +22,7 @@ DATA = Path(ort_backend.__file__).with_name("data")
 
 
 def _backend() -> OrtBackend:
-    manifest = types.SimpleNamespace(model={"config": {"block_chunks": 2}}, root=Path("."))
+    manifest = types.SimpleNamespace(model={"config": {"block_chunks": 2}}, root=Path("."), data={})
     be = OrtBackend(manifest, graphs=())
     be.use_ortvalues = True  # OrtValues, as on CUDA
     return be

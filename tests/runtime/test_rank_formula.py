@@ -16,8 +16,7 @@ from importlib import resources
 
 import pytest
 
-from stagevar.runtime import stage_plan
-from stagevar.runtime.rank_table import available_alphas
+from stagevar.runtime.rank_table import RankTable, available_alphas
 from stagevar.runtime.schedules import all_templates, get_schedule
 from stagevar.runtime.stage_plan import fidelity_scales, make_plan
 
@@ -83,7 +82,7 @@ def test_every_table_rank_of_every_template_matches_exact_arithmetic():
     assert checked == 17280  # 4 resolutions x 15 templates x 12 alphas x 3 scales x 8 chunks
 
 
-def test_rank_reaches_the_cap_at_the_token_count(monkeypatch):
+def test_rank_reaches_the_cap_at_the_token_count():
     """The released table never reaches ratio 1, so the cap is exercised with a table that does:
     ratio 1 gives int(M) + 1 = M + 1 -> capped to M; (M - 1) / M gives exactly M; 0 gives 1."""
     schedule = get_schedule("1:1", "0.06M")
@@ -92,8 +91,8 @@ def test_rank_reaches_the_cap_at_the_token_count(monkeypatch):
     for k in fid:
         m = schedule.token_counts[k]
         rows.append((1.0, 1.5, (m - 1) / m, 0.999999, 0.5, 0.0, 1 / m, 2 / m))
-    monkeypatch.setattr(stage_plan, "rank_ratios", lambda alpha: tuple(rows))
-    plan = make_plan("stagevar-full", schedule)
+    table = RankTable("calibrated", {"0.96": tuple(rows)})
+    plan = make_plan("stagevar-full", schedule, table=table)
     for k in fid:
         m = schedule.token_counts[k]
         assert plan.ranks[k] == (m, m, m, m, m // 2 + 1, 1, 2, 3)
