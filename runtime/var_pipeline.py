@@ -142,7 +142,7 @@ class VarPipeline:
 
     def _call(self, class_labels, seed, plan, cfg, top_k, top_p, alpha, output_type, uniforms, lowrank_noise,
               keep) -> VarPipelineOutput:
-        from .pipeline import _seeds  # the same seed rules as the Infinity pipeline
+        from .request import seeds_for  # the same seed rules as the Infinity pipeline
 
         start = time.perf_counter()
         session_start = self.backend.session_seconds
@@ -161,7 +161,7 @@ class VarPipeline:
                              self.rank_table, alpha)
         seeds = None
         if uniforms is None:
-            seeds = _seeds(seed, n)
+            seeds = seeds_for(seed, n)
             uniforms = draw_uniforms(seeds, spec.patch_nums)
             lowrank_noise = draw_lowrank_noise(seeds, plan, spec.patch_nums)
         elif len(uniforms) != len(spec.patch_nums) or any(

@@ -102,7 +102,7 @@ def test_generate_cli_classes(var_tiny_artifacts, tmp_path, capsys):
 
     out = tmp_path / "img.png"
     assert entry([str(var_tiny_artifacts), "--class", "207", "--class", "88", "--seed", "0", "--out", str(out)]) == 0
-    imgs = [Image.open(tmp_path / f"img_{i}.png") for i in range(2)]
+    imgs = [Image.open(tmp_path / f"img_p{i}_s{i}.png") for i in range(2)]  # one per class, seeds 0 and 1
     assert all(im.size == (256, 256) and im.mode == "RGB" for im in imgs)
     for argv, match in (([str(var_tiny_artifacts), "a cat"], "give --class N"),
                         ([str(var_tiny_artifacts), "--class", "3", "--tau", "1"], "do not apply to VAR"),
