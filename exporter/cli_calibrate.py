@@ -45,14 +45,20 @@ def main(argv: list[str] | None = None) -> int:
                              alphas=args.alpha, seed=args.seed, weights=args.weights, vae=args.vae,
                              text_encoder=args.text_encoder, say=say)
     prov = table["provenance"]
-    for alpha, rows in table["ratios"].items():
-        for p, row in enumerate(rows):
-            hw = prov["fidelity_scales"][p]
-            print(f"alpha {alpha} scale {hw[0]}x{hw[1]}: " + " ".join(f"{r:.4f}" for r in row)
-                  + f"  (mean {sum(row) / len(row):.4f})")
+    _print_ratios(table)
     print(f"calibrated {args.artifacts} on {prov['num_prompts']} prompts ({prov['prompt_source']}) in "
           f"{time.perf_counter() - t0:.1f} s; plans stagevar and stagevar-full now use this table")
     return 0
+
+
+def _print_ratios(table: dict) -> None:
+    """One line per alpha and fidelity scale: the per-chunk ratios and their mean."""
+    scales = table["provenance"]["fidelity_scales"]
+    for alpha, rows in table["ratios"].items():
+        for p, row in enumerate(rows):
+            hw = scales[p]
+            print(f"alpha {alpha} scale {hw[0]}x{hw[1]}: " + " ".join(f"{r:.4f}" for r in row)
+                  + f"  (mean {sum(row) / len(row):.4f})")
 
 
 def _family(artifacts) -> str | None:
@@ -70,17 +76,12 @@ def _calibrate_var(args, say, t0) -> int:
 
     if args.prompts is not None or args.num_prompts is not None or args.text_encoder:
         raise StagevarError("VAR exports calibrate on class labels: use --classes, not --prompts/--num-prompts/--text-encoder.")
-    alphas = tuple(a.strip() for a in args.alpha.split(",") if a.strip())
     from .infinity.calibrate import parse_alphas
 
-    table = calibrate_var_export(args.artifacts, classes=args.classes, alphas=parse_alphas(",".join(alphas)),
+    table = calibrate_var_export(args.artifacts, classes=args.classes, alphas=parse_alphas(args.alpha),
                                  seed=args.seed, weights=args.weights, vae=args.vae, say=say)
     prov = table["provenance"]
-    for alpha, rows in table["ratios"].items():
-        for p, row in enumerate(rows):
-            hw = prov["fidelity_scales"][p]
-            print(f"alpha {alpha} scale {hw[0]}x{hw[1]}: " + " ".join(f"{r:.4f}" for r in row)
-                  + f"  (mean {sum(row) / len(row):.4f})")
+    _print_ratios(table)
     print(f"calibrated {args.artifacts} on {prov['num_prompts']} classes in {time.perf_counter() - t0:.1f} s; "
           f"plans stagevar and stagevar-full now use this table")
     return 0
