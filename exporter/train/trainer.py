@@ -33,15 +33,17 @@ from .teacher_forcing import TeacherForcing
 
 @dataclass(frozen=True)
 class TrainConfig:
-    vae_steps: int = 250
-    steps: int = 600
-    batch: int = 16
+    # The shipped recipe: ~50 min on one idle core of the 2-core CPU machine (VAE 0.3 s/step,
+    # transformer 0.82 s/step at batch 32, measured); 600 steps at batch 16 left adherence at 0%.
+    vae_steps: int = 1000
+    steps: int = 3000
+    batch: int = 32
     vae_lr: float = 2e-3
     lr: float = 2e-3
     cond_dropout: float = 0.1
     seed: int = 0
     resolution: str = "8x8"
-    save_every: int = 50
+    save_every: int = 100
     threads: int = 1
 
 
