@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default="fused", choices=("fused", "decomposed"),
                    help="self-attention as one ONNX Attention node at opset 23 (fused, default) or MatMul/Softmax/MatMul "
                         "at opset 20 (decomposed: for TensorRT older than 10.14)")
+    p.add_argument("--token-pairing", default="raster", choices=("raster", "sample"),
+                   help="low-rank scales write chunk output j at the j-th selected position in raster order (default) "
+                        "or in sampling order (as the StageVAR release does; for comparisons)")
     p.add_argument("--batch", type=int, default=1, help="images per request the engine profiles are built for")
     p.add_argument("--out", help="output folder (default ./stagevar-artifacts/<model>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     from .var.config import is_var_model
 
     if is_var_model(args.model):  # the class-conditional VAR family (exporter/var/)
+        if args.token_pairing != "raster":
+            raise StagevarError("--token-pairing sample is built for Infinity exports only; drop it for VAR models.")
         from .var.cli import run_var_export
 
         return run_var_export(args)
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         export_artifacts(
             bundle, out, aspects=aspects, resolution=args.resolution, precision=args.precision,
             alpha=args.alpha, batch=args.batch, force=args.force, plans=plans, attention=args.attention,
+            pairing=args.token_pairing,
             progress=lambda phase, detail: progress.phase(detail if phase == "export" else phase),
         )
         progress.close()

@@ -13,8 +13,9 @@ import numpy as np
 from .resize import area_resize_tokens
 
 
-def representative_indices(x_BMC: np.ndarray, gumbel_BM: np.ndarray, r: int) -> np.ndarray:
-    """(B, r) int64: the positions of the r largest log(||x_i||^2) + g_i, in ascending order.
+def representative_indices(x_BMC: np.ndarray, gumbel_BM: np.ndarray, r: int, pairing: str = "raster") -> np.ndarray:
+    """(B, r) int64: the positions of the r largest log(||x_i||^2) + g_i, in ascending order
+    (`pairing="sample"`: in sampling order, highest score first, as released).
 
     Ascending (raster) order, not sample order: the released code pairs chunk output j with the
     j-th sampled index, an arbitrary pairing of random projections with positions; sample order
@@ -37,7 +38,8 @@ def representative_indices(x_BMC: np.ndarray, gumbel_BM: np.ndarray, r: int) -> 
         # Zero-norm tokens get -inf: they have probability 0 and are picked last.
         score = np.log(np.sum(x * x, axis=-1, dtype=np.float32)) + g
     order = np.argsort(-score, axis=-1, kind="stable")
-    return np.sort(order[:, :r], axis=-1).astype(np.int64)
+    picked = order[:, :r].astype(np.int64)
+    return picked if pairing == "sample" else np.sort(picked, axis=-1)
 
 
 def restore_tokens(

@@ -26,6 +26,7 @@ from stagevar.runtime.schedules import get_schedule
 from stagevar.runtime.stage_plan import make_plan
 from stagevar.runtime.tokenize import load_tokenizer_json
 
+from ..token_pairing import DEFAULT_PAIRING, token_pairing
 from .graph_text_encoder import TextEncoderGraph
 from .graph_vae import VAEDecoderGraph
 from .graphs_transformer import FidelityGraph, StepGraph, TextCondGraph
@@ -201,6 +202,12 @@ def _end_to_end(pipe: Pipeline, sampler: ReferenceSampler, plan: str, aspect: st
 def check_artifacts(out_dir: str | Path, bundle: InfinityBundle, resolution: str | None = None, seed: int = 0) -> dict:
     """Run the whole check; returns the report dict (also written to reports/check.json)."""
     manifest = load_manifest(out_dir, verify="full")
+    # The eager reference pairs restored tokens as the graphs were traced to.
+    with token_pairing(manifest.data.get("token_pairing", DEFAULT_PAIRING)):
+        return _check_artifacts(out_dir, manifest, bundle, resolution, seed)
+
+
+def _check_artifacts(out_dir, manifest, bundle: InfinityBundle, resolution: str | None, seed: int) -> dict:
     precision = manifest.precision
     resolution = resolution or manifest.data["resolution"]
     rows: list[CheckRow] = []

@@ -17,6 +17,7 @@ from stagevar.runtime.stage_plan import PLAN_PRESETS, Mode, make_plan, runnable_
 
 from ..artifact_dir import staged_output
 from ..graph_spec import graph_io_spec
+from ..token_pairing import DEFAULT_PAIRING, check_pairing, token_pairing
 from ..attention_form import DEFAULT_ATTENTION, AttentionSpec, attention_export, check_form, query_chunks_for
 from ..onnx_io import SharedWeightsWriter
 from .export_transformer import WEIGHTS_NAME, export_cond_and_step, finish_fidelity_export, start_fidelity_export
@@ -110,7 +111,8 @@ def attention_spec(bundle: InfinityBundle, form: str, aspects: Sequence[str], re
 
 
 def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, precision, alpha, batch, timings,
-                   attention: AttentionSpec | None = None, plans: Sequence[str] | None = None) -> dict:
+                   attention: AttentionSpec | None = None, plans: Sequence[str] | None = None,
+                   pairing: str = DEFAULT_PAIRING) -> dict:
     preset = bundle.preset
     cfg = preset.transformer
     table = table_for_chunks(cfg.block_chunks)
@@ -141,6 +143,7 @@ def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, pr
         "precision": precision,
         "opset": (attention or AttentionSpec()).opset,
         "attention": (attention or AttentionSpec()).manifest_entry(),
+        "token_pairing": pairing,
         "tools": _tool_versions(),
         "tokenizer": {"path": "tokenizer/tokenizer.json", "max_length": bundle.max_text_tokens},
         "resolution": resolution,
@@ -169,6 +172,7 @@ def export_artifacts(
     progress: Progress | None = None,
     plans: Sequence[str] | None = None,
     attention: str = DEFAULT_ATTENTION,
+    pairing: str = DEFAULT_PAIRING,
 ) -> Path:
     """Export every graph, the tokenizer and the manifest into `out_dir` (written last, atomically)."""
     from stagevar.runtime.errors import StagevarError
@@ -182,10 +186,11 @@ def export_artifacts(
     # Plans this model cannot run (low-rank without a table) are refused here, before any tracing.
     plans = check_plans(bundle.preset.transformer.block_chunks, aspects, resolution, alpha, plans)
     form = attention_spec(bundle, attention, aspects, resolution, batch)
+    check_pairing(pairing)
     report = progress or (lambda phase, detail: None)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
-    with staged_output(out_dir, force=force) as stage, attention_export(form):
+    with staged_output(out_dir, force=force) as stage, attention_export(form), token_pairing(pairing):
         onnx_dir = stage / "onnx"
         onnx_dir.mkdir()
         graphs: dict[str, dict] = {}
@@ -220,5 +225,5 @@ def export_artifacts(
         bundle.tokenizer.save(str(stage / "tokenizer" / "tokenizer.json"))
         report("manifest", "hashing files")
         write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings, form,
-                                             plans))
+                                             plans, pairing))
     return out_dir

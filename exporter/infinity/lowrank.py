@@ -16,18 +16,21 @@ import torch
 
 from stagevar.runtime.resize import area_matrix
 
+from ..token_pairing import SAMPLE, current_pairing
 from ..token_restore_op import area_resize_separable
 from .transformer import KV, InfinityTransformer, TextCondition
 
 
 def representative_indices(x_BMC: torch.Tensor, gumbel_BM: torch.Tensor, rank: int) -> torch.Tensor:
-    """Gumbel-top-k: r distinct indices, sampled proportionally to ||x_i||^2, in ascending order.
+    """Gumbel-top-k: r distinct indices, sampled proportionally to ||x_i||^2.
 
-    Ascending rather than sample order so the output-to-position pairing depends only on the
-    selected set (see `stagevar.runtime.lowrank.representative_indices`).
+    In ascending order by default, so the output-to-position pairing depends only on the selected
+    set (see `stagevar.runtime.lowrank.representative_indices`); in sampling order (descending
+    perturbed score, the order of sequential draws) under `--token-pairing sample`.
     """
     scores = torch.log(x_BMC.pow(2).sum(-1)) + gumbel_BM
-    return torch.topk(scores, rank, dim=-1, sorted=True).indices.sort(dim=-1).values
+    sampled = torch.topk(scores, rank, dim=-1, sorted=True).indices
+    return sampled if current_pairing() == SAMPLE else sampled.sort(dim=-1).values
 
 
 def area_upsample_tokens(prev_BmC: torch.Tensor, prev_hw: tuple[int, int], cur_hw: tuple[int, int]) -> torch.Tensor:
