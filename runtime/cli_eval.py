@@ -10,6 +10,7 @@ Runtime side: numpy + onnxruntime + pillow, no torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -22,13 +23,18 @@ from .errors import StagevarError
 from .stage_plan import PLAN_PRESETS, Mode
 
 DEFAULT_PLANS = ("exact", "stagevar", "stagevar-full", "cfg-off")
+#: `--plans stagevar@released` runs a low-rank plan with the released (FasterVAR) rank table instead
+#: of the export's own (calibrated) one: the two tables side by side on one model.
+RELEASED_SUFFIX = "@released"
 SHAPES_PRESETS = ("infinity-shapes",)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stagevar-eval", description=__doc__.splitlines()[0])
     p.add_argument("artifacts", help="export directory (the one holding manifest.json)")
-    p.add_argument("--plans", default=",".join(DEFAULT_PLANS), help=f"comma-separated plans (default {','.join(DEFAULT_PLANS)})")
+    p.add_argument("--plans", default=",".join(DEFAULT_PLANS),
+                   help=f"comma-separated plans (default {','.join(DEFAULT_PLANS)}); a low-rank plan with the suffix "
+                        f"{RELEASED_SUFFIX} uses the released rank table instead of the export's")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompts", type=Path, help="text file, one prompt per line")
     src.add_argument("--num-prompts", type=int, default=None, help="held-out shapes-world prompts (default 12)")
@@ -87,34 +93,62 @@ class _Progress:
         print(f"[{self.done}/{self.total}] {label} elapsed {el:.0f}s ETA {eta:.0f}s", file=sys.stderr, flush=True)
 
 
+def split_plan(label: str) -> tuple[str, bool]:
+    """("stagevar", True) for "stagevar@released"; refuses unknown plans in one sentence."""
+    name, released = (label[: -len(RELEASED_SUFFIX)], True) if label.endswith(RELEASED_SUFFIX) else (label, False)
+    if name not in PLAN_PRESETS:
+        raise StagevarError(f"--plans names the unknown plan {label!r}; choose from {', '.join(PLAN_PRESETS)} "
+                            f"(low-rank ones optionally with {RELEASED_SUFFIX}).")
+    return name, released
+
+
+@contextlib.contextmanager
+def _rank_table(pipe, released: bool):
+    """Run with the released rank table instead of the export's own while the plan is evaluated."""
+    from .rank_table import released_table
+
+    own = pipe.rank_table
+    if released:
+        pipe.rank_table = released_table()
+    try:
+        yield pipe.rank_table
+    finally:
+        pipe.rank_table = own
+
+
 def evaluate(pipe, plans: list[str], prompts: list, seeds: int, cfg=None, tau=None) -> tuple[dict, dict]:
     """(report dict, images[plan][prompt index][seed]) for every plan on the same prompts and seeds."""
     from .schedules import get_schedule
     from .shapes_analyser import judge, summarise
+    from .stage_plan import make_plan
 
     schedule = get_schedule("1:1", pipe.manifest.data.get("resolution", "1M"))
     progress = _Progress(len(plans) * len(prompts) * seeds)
     images: dict[str, list[list[np.ndarray]]] = {}
-    report: dict = {"prompts": [p for p, _ in prompts], "seeds": seeds, "plans": {}}
-    pipe([prompts[0][0]], seed=0, plan=plans[0], output_type="np")  # warm-up: sessions, caches
+    report: dict = {"prompts": [p for p, _ in prompts], "seeds": seeds, "plans": {},
+                    "token_pairing": pipe.manifest.data.get("token_pairing", "raster")}
+    pipe([prompts[0][0]], seed=0, plan=split_plan(plans[0])[0], output_type="np")  # warm-up: sessions, caches
     for plan in plans:
+        name, released = split_plan(plan)
         lat, judgements, rows = [], [], []
-        for text, scene in prompts:
-            row = []
-            for s in range(seeds):
-                out = pipe([text], seed=s, plan=plan, cfg=cfg, tau=tau, output_type="np")
-                lat.append(out.timings["total"])
-                img = out.images[0]
-                row.append(img)
-                if scene is not None:
-                    judgements.append(judge(scene, img))
-                progress.tick(plan)
-            rows.append(row)
+        with _rank_table(pipe, released) as table:
+            made = make_plan(name, schedule, num_chunks=pipe.spec.block_chunks,
+                             alpha=pipe.manifest.data.get("alpha", "0.96"), table=table)
+            for text, scene in prompts:
+                row = []
+                for s in range(seeds):
+                    out = pipe([text], seed=s, plan=made, cfg=cfg, tau=tau, output_type="np")
+                    lat.append(out.timings["total"])
+                    img = out.images[0]
+                    row.append(img)
+                    if scene is not None:
+                        judgements.append(judge(scene, img))
+                    progress.tick(plan)
+                rows.append(row)
         images[plan] = rows
-        made = pipe._plan(plan, schedule, pipe.manifest.data.get("alpha", "0.96"))
         entry = {"latency_s": float(np.mean(lat)), "latency_median_s": float(np.median(lat)),
                  "token_passes": token_passes(made, schedule), "modes": [m.value for m in made.modes],
-                 "images": len(lat)}
+                 "rank_table": made.rank_table, "images": len(lat)}
         if judgements:
             entry["adherence"] = summarise(judgements)
             entry["adherence_images"] = len(judgements)
@@ -152,9 +186,10 @@ def table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plans = [p.strip() for p in args.plans.split(",") if p.strip()]
-    unknown = [p for p in plans if p not in PLAN_PRESETS]
-    if not plans or unknown:
-        raise StagevarError(f"--plans {args.plans!r} names unknown plans; choose from {', '.join(PLAN_PRESETS)}.")
+    if not plans:
+        raise StagevarError(f"--plans {args.plans!r} names no plan; choose from {', '.join(PLAN_PRESETS)}.")
+    for plan in plans:
+        split_plan(plan)
     if args.seeds < 1:
         raise StagevarError("--seeds must be at least 1.")
     for opt in (args.json, args.grid, args.plot):

@@ -20,7 +20,7 @@ def test_token_passes_count_rows_and_tokens_per_mode():
     assert token_passes(sv, s) == 2 * 30 + np.mean(sv.ranks[4])
 
 
-@pytest.mark.parametrize("args,needle", [(["--plans", "fast"], "unknown plans"), (["--seeds", "0"], "--seeds")])
+@pytest.mark.parametrize("args,needle", [(["--plans", "fast"], "unknown plan"), (["--plans", "fast@released"], "unknown plan"), (["--seeds", "0"], "--seeds")])
 def test_bad_options_get_one_sentence(tmp_path, capsys, args, needle):
     # Guards against tracebacks for user errors (checked before the export is even opened).
     assert entry([str(tmp_path), *args]) == 2
