@@ -47,6 +47,22 @@ def tiny_artifacts(tiny_bundle, tmp_path_factory):
     return export_artifacts(tiny_bundle, out, aspects=("1:1", "2:1"))
 
 
+@pytest.fixture(scope="session")
+def shapes_artifacts(tmp_path_factory):
+    """The default export (infinity-shapes, its shipped weights and rank table) made once, as the
+    README's first command makes it; treat as read-only. STAGEVAR_SHAPES_ARTIFACTS=DIR reuses one."""
+    import os
+    from pathlib import Path
+
+    from stagevar.exporter.cli_export import main as export_main
+
+    if os.environ.get("STAGEVAR_SHAPES_ARTIFACTS"):
+        return Path(os.environ["STAGEVAR_SHAPES_ARTIFACTS"])
+    out = tmp_path_factory.mktemp("shapes") / "infinity-shapes"
+    assert export_main(["--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")  # session: resolved before the (session) export fixtures
 def tensorrt_stack():
     """tensorrt, once cuda-python and polygraphy are importable too; skips without them, or fails

@@ -247,11 +247,12 @@ def calibrate_export(root: str | os.PathLike, *, prompts_file=None, num_prompts:
     table_json = {"format": TABLE_FORMAT, "source": CALIBRATED, "ratios": ratios, "provenance": provenance}
     table = table_from_json(table_json, cfg.block_chunks, "the measurement")  # same checks as at load
     table_json = table_to_json(table)
-    _record(manifest, table, table_json, say)
+    record_table(manifest, table, table_json, say)
     return table_json
 
 
-def _record(manifest: Manifest, table, table_json: dict, say: Say) -> None:
+def record_table(manifest: Manifest, table, table_json: dict, say: Say) -> None:
+    """Write `table_json` into an export and point its manifest (plans, engines) at it."""
     root = manifest.root
     data = {k: v for k, v in manifest.data.items() if k not in ("files", "schema_version")}
     old_alpha = str(data.get("alpha", "0.96"))

@@ -226,4 +226,10 @@ def export_artifacts(
         report("manifest", "hashing files")
         write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings, form,
                                              plans, pairing))
+    if any(p in ("stagevar", "stagevar-full") for p in plans):
+        # A trained preset's own calibrated table (exporter/weights/<preset>/rank_table.json).
+        from .shipped_table import install_shipped_table
+
+        if install_shipped_table(out_dir, bundle, say=lambda m: report("manifest", m)):
+            report("manifest", "installed the shipped calibrated rank table")
     return out_dir
