@@ -210,3 +210,17 @@ def test_var_engines_built_before_calibrate_are_refused_in_one_sentence(var_trt_
         Pipeline.from_dir(copy, backend="trt")
     message = str(info.value)
     assert "var_fidelity" in message and "stagevar-export build" in message and "\n" not in message
+
+
+def test_export_with_engine_trt_keeps_the_var_export_without_tensorrt(tmp_path, monkeypatch, capsys):
+    """`stagevar-export --model var-tiny --engine trt` on a machine without TensorRT: the export
+    is written whole, then one sentence and exit 2 (bug guarded against: VAR refusing --engine
+    trt outright, or a failed build taking the finished export with it)."""
+    from stagevar.exporter.cli_export import entry
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    out = tmp_path / "var"
+    assert entry(["--model", "var-tiny", "--random-init", "--engine", "trt", "--out", str(out)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the export's progress lines
+    assert last.startswith("error: TensorRT is not installed") and "stagevar-export build" in last
+    load_manifest(out, verify="full")  # complete and intact
