@@ -50,8 +50,6 @@ def run_var_export(args: argparse.Namespace) -> int:
     if args.plugins is not None and args.engine != "trt":
         raise StagevarError("--plugins is for TensorRT engines; add --engine trt (or use `stagevar-export build DIR "
                             "--plugins PATH`).")
-    if args.precision != "fp32":
-        raise StagevarError("VAR exports are fp32 for now; drop --precision or use --precision fp32.")
     if args.batch < 1:
         raise StagevarError("--batch must be at least 1.")
     if out.exists() and not args.force:

@@ -212,6 +212,7 @@ def test_var_engines_built_before_calibrate_are_refused_in_one_sentence(var_trt_
     assert "var_fidelity" in message and "stagevar-export build" in message and "\n" not in message
 
 
+@pytest.mark.slow  # one var-tiny export (~1 min on 2 cores)
 def test_export_with_engine_trt_keeps_the_var_export_without_tensorrt(tmp_path, monkeypatch, capsys):
     """`stagevar-export --model var-tiny --engine trt` on a machine without TensorRT: the export
     is written whole, then one sentence and exit 2 (bug guarded against: VAR refusing --engine

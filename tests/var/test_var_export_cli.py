@@ -1,6 +1,6 @@
 """`stagevar-export --model var-...` refusals: one sentence, exit 2, nothing written.
 Guards: a VAR model falling through to the Infinity preset lookup, options that cannot apply
-(text encoder, aspect, fp16, TensorRT) silently ignored."""
+(text encoder, aspect, TensorRT plugins) silently ignored."""
 
 import pytest
 
@@ -12,7 +12,6 @@ from stagevar.exporter.cli_export import entry
     (["--model", "var-d17"], "not known"),
     (["--model", "var-tiny", "--text-encoder", "x"], "no text encoder"),
     (["--model", "var-tiny", "--aspect", "16:9"], "fixed square schedule"),
-    (["--model", "var-tiny", "--precision", "fp16"], "fp32 for now"),
     (["--model", "var-tiny", "--plugins", "lib.so"], "add --engine trt"),
     (["--model", "var-tiny", "--weights", "w.pth"], "no released checkpoint"),
     (["--model", "var-d16", "--weights", "nope.pth", "--vae", "nope2.pth"], "does not exist"),
