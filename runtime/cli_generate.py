@@ -19,8 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_version(p)
     p.add_argument("artifacts", help="export directory (the one holding manifest.json)")
     p.add_argument("prompts", nargs="*", help="one or more prompts (Infinity exports)")
-    p.add_argument("--class", dest="classes", type=int, action="append", metavar="N",
-                   help="VAR exports: an ImageNet class index 0..999, once per image (e.g. --class 207 --class 88)")
+    p.add_argument("--class", dest="classes", action="append", metavar="N",
+                   help="VAR exports: an ImageNet class index 0..999, once per image (e.g. --class 207 --class 88); "
+                        "a class name (--class 'golden retriever') where torchvision is installed")
     p.add_argument("--top-k", type=int, default=None, help="VAR: top-k filter (default: the model's, 900)")
     p.add_argument("--top-p", type=float, default=None, help="VAR: top-p filter (default: the model's, 0.96)")
     p.add_argument("--seed", type=int, default=0, help="seed of image 0; image i uses seed + i (default 0)")

@@ -145,9 +145,8 @@ class Pipeline:
         if manifest.data.get("family") == "var":  # the class-conditional family: its own pipeline
             from .var_pipeline import VarPipeline
 
-            if plugins is not None or not cuda_graphs:
-                raise StagevarError("plugins and cuda_graphs apply to TensorRT engines, which VAR exports do not have yet.")
-            return VarPipeline.from_manifest(manifest, backend=backend, device=device)
+            return VarPipeline.from_manifest(manifest, backend=backend, device=device, plugins=plugins,
+                                             cuda_graphs=cuda_graphs)
         if manifest.data.get("family") != "infinity":
             raise StagevarError(f"Export {manifest.root} is of model family {manifest.data.get('family')!r}, "
                                 f"which this runtime does not run; export an Infinity model.")

@@ -38,6 +38,13 @@ VQVAE_INPUTS = ("f_hat",)
 VQVAE_OUTPUTS = ("image",)
 
 
+def engine_graphs(data: dict) -> tuple[str, ...]:
+    """The graphs of a VAR export that get TensorRT engines: all but var_fidelity until
+    `stagevar-export calibrate` has given the export LOWRANK engine entries (an engine needs at
+    least one optimisation profile)."""
+    lowrank = any(isinstance(e, dict) and e.get("graph") == VAR_FIDELITY for e in data.get("engines") or [])
+    return tuple(g for g in VAR_GRAPHS if g != VAR_FIDELITY or lowrank)
+
 
 def fidelity_inputs(num_chunks: int) -> tuple[str, ...]:
     return ("tokens", "scale_index", "gss", "head_ss", "past_kv", "cache", "area_h", "area_w", "gumbel") + tuple(

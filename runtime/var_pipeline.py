@@ -106,10 +106,17 @@ class VarPipeline:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, backend: str = "ort", device: str | None = None) -> "VarPipeline":
+    def from_manifest(cls, manifest: Manifest, backend: str = "ort", device: str | None = None,
+                      plugins: str | None = None, cuda_graphs: bool = True) -> "VarPipeline":
+        """Open the graphs on "ort" (onnxruntime, `device` cpu by default) or "trt" (the TensorRT
+        engines `stagevar-export build` made for this GPU, on cuda)."""
+        if backend == "trt":
+            from .trt_backend import TrtBackend  # lazy: TensorRT is an optional extra
+
+            return cls(manifest, TrtBackend(manifest, device=device or "cuda", graphs=vio.engine_graphs(manifest.data),
+                                            plugins=plugins, cuda_graphs=cuda_graphs))
         if backend != "ort":
-            raise StagevarError("VAR exports run on backend 'ort' for now (TensorRT engines for VAR are not built yet); "
-                                "use backend='ort'.")
+            raise StagevarError(f"Backend {backend!r} is not known; use 'ort' or 'trt'.")
         from .ort_backend import OrtBackend
 
         return cls(manifest, OrtBackend(manifest, device=device or "cpu", graphs=vio.VAR_GRAPHS))

@@ -1,7 +1,8 @@
 """Run the requests a server collected (a Triton batch, a Ray Serve batch) through one Pipeline.
 
 Requests that agree on plan, aspect template, resolution, cfg and tau become one batched
-pipeline call: image i of a batch equals the same prompt and seed run alone (the pipeline
+pipeline call (class labels for a VAR export, prompts otherwise): image i of a batch equals the
+same prompt (or class) and seed run alone (the pipeline
 draws each image's noise from its own seed), so batching changes throughput, never pixels.
 A failure is kept to the request that caused it: a group that fails is run again one request
 at a time, and every request gets back either its image or its own error.
@@ -51,9 +52,13 @@ def generate_images(pipeline, requests: Sequence[GenerationRequest]) -> list[Res
 def _run(pipeline, group: list[GenerationRequest]) -> np.ndarray | Exception:
     first = group[0]
     try:
-        out = pipeline([r.prompt for r in group], seed=[r.seed for r in group], plan=first.plan,
-                       cfg=first.cfg, tau=first.tau, aspect=first.h_div_w, resolution=first.resolution,
-                       output_type="np")
+        if first.class_label is not None:  # a VAR export: class labels, no tau/aspect/resolution
+            out = pipeline(class_labels=[r.class_label for r in group], seed=[r.seed for r in group],
+                           plan=first.plan, cfg=first.cfg, output_type="np")
+        else:
+            out = pipeline([r.prompt for r in group], seed=[r.seed for r in group], plan=first.plan,
+                           cfg=first.cfg, tau=first.tau, aspect=first.h_div_w, resolution=first.resolution,
+                           output_type="np")
         return np.ascontiguousarray(out.images, dtype=np.uint8)
     except StagevarError as exc:
         return exc

@@ -4,7 +4,9 @@
     stagevar-serve ray DIR [--replicas N] [--num-gpus G] [--port P]
 
 `triton` writes a model repository for a Triton server you run (`tritonserver --model-repository
-REPO`); `ray` starts Ray Serve in this process and serves until Ctrl-C.
+REPO`); `ray` starts Ray Serve in this process and serves until Ctrl-C. Infinity exports take
+prompts (Triton PROMPT, Ray JSON "prompt"); VAR exports take ImageNet class indices (Triton CLASS
+int64, Ray JSON "class").
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from stagevar.runtime.cli_common import add_version, run_cli
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.guidance import range_text
 from stagevar.runtime.stage_plan import DEFAULT_PLAN, PLAN_PRESETS
+from stagevar.runtime.var_plans import DEFAULT_VAR_PLAN
 
 from .request import RequestDefaults
 
@@ -72,36 +75,27 @@ def _pipeline_options(p: argparse.ArgumentParser, device_help: str) -> None:
                    help="artifact check at load: sha256 of every file, weights trusted while unchanged since "
                         "this machine hashed them (record, default), sha256 always (full) or sizes only (quick)")
     g = p.add_argument_group("request defaults (a request may override plan, aspect, cfg and tau)")
-    g.add_argument("--plan", default=DEFAULT_PLAN, help=f"{', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN})")
+    g.add_argument("--plan", default=None, help=f"{', '.join(PLAN_PRESETS)} (default {DEFAULT_PLAN}; "
+                                                 f"{DEFAULT_VAR_PLAN} for VAR exports)")
     g.add_argument("--aspect", default="1:1", help="width:height (default 1:1)")
     g.add_argument("--cfg", type=float, default=None, help=f"guidance scale, {range_text('cfg')} (default: the model's)")
     g.add_argument("--tau", type=float, default=None, help=f"logit temperature, {range_text('tau')} (default: the model's)")
     g.add_argument("--resolution", default=None, help="0.06M, 0.25M, 0.60M or 1M (default: the export's)")
 
 
-def _refuse_var(artifacts: Path) -> None:
-    """Serving speaks prompts (Triton PROMPT, Ray JSON "prompt"); VAR's CLASS / "class" inputs are
-    not built yet, so a VAR export is refused before any repository or server is made."""
-    import json
-
-    try:
-        family = json.loads((artifacts / "manifest.json").read_text()).get("family")
-    except (OSError, ValueError, AttributeError):
-        return  # the pipeline's manifest check reports it in one sentence
-    if family == "var":
-        raise StagevarError(f"{artifacts} is a class-conditional VAR export, which stagevar-serve does not serve yet "
-                            f"(Triton CLASS / Ray \"class\" inputs are not built); use stagevar-generate --class or "
-                            f"the Python Pipeline.")
-
-
 def _defaults(args) -> RequestDefaults:
-    return RequestDefaults(plan=args.plan, aspect=args.aspect, cfg=args.cfg, tau=args.tau,
-                           resolution=args.resolution).check()
+    """The request defaults of the options, for the export's family: a VAR export without a
+    calibrated rank table runs only exact and cfg-off, so its default plan is exact."""
+    from stagevar.runtime.manifest import load_manifest
+
+    data = load_manifest(Path(args.artifacts), verify="quick").data
+    plan = args.plan or (DEFAULT_VAR_PLAN if data.get("family") == "var" else DEFAULT_PLAN)
+    return RequestDefaults(plan=plan, aspect=args.aspect, cfg=args.cfg, tau=args.tau,
+                           resolution=args.resolution).for_export(data).check()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _refuse_var(Path(args.artifacts))
     if args.engine == "triton":
         return _triton(args)
     return _ray(args)

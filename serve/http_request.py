@@ -25,10 +25,12 @@ class HttpRefusal(Exception):
 
 
 async def read_generation_request(request, defaults: RequestDefaults,
-                                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> GenerationRequest:
-    """Parse a starlette-like request (`method`, `headers`, async `stream()`), or raise HttpRefusal."""
+                                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> list[GenerationRequest]:
+    """Parse a starlette-like request (`method`, `headers`, async `stream()`) into its image
+    requests (one; one per class of a VAR request's class list), or raise HttpRefusal."""
     if request.method != "POST":
-        raise HttpRefusal(405, 'POST a JSON body {"prompt": "...", "seed": 0}.')
+        body = '{"class": 207, "seed": 0}' if defaults.family == "var" else '{"prompt": "...", "seed": 0}'
+        raise HttpRefusal(405, f"POST a JSON body {body}.")
     too_large = HttpRefusal(413, f"The request body is over {max_body_bytes} bytes; a valid request is "
                                  f"far smaller (the prompt is at most 4096 characters).")
     declared = request.headers.get("content-length")

@@ -11,6 +11,10 @@ module imports without ray installed.
 
 HTTP: POST {"prompt": "...", "seed": 0, "plan"?, "aspect"?, "cfg"?, "tau"?} to the route
 (default /generate) -> 200 image/png; a bad request -> 400 {"error": "<one sentence>"}.
+A VAR export takes {"class": 207, "seed": 0, "plan"?, "cfg"?} instead; "class": [207, 88] makes
+one image per class (image i with seed + i), answered as one PNG with the images side by side
+(left to right, in the order given; header X-Stagevar-Images: N). The Python handle takes
+`class_label=` (or **{"class": ...}) and returns (H, W, 3), or (N, H, W, 3) for a list.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.manifest import load_manifest
@@ -77,8 +83,8 @@ class RayServeConfig:
             raise StagevarError(f"--device {self.pipeline_device!r} is not known; use cpu or cuda.")
         if self.pipeline_device == "cuda" and self.num_gpus <= 0:
             raise StagevarError("--device cuda needs --num-gpus > 0, so that Ray gives each replica a GPU.")
-        self.defaults.check()
-        load_manifest(self.artifacts, verify="quick")  # a wrong path fails here, not in a replica
+        manifest = load_manifest(self.artifacts, verify="quick")  # a wrong path fails here, not in a replica
+        self.defaults.for_export(manifest.data).check()
         return self
 
 
@@ -93,10 +99,11 @@ def server_class():
         def __init__(self, config: RayServeConfig):
             from stagevar.runtime.pipeline import Pipeline
 
-            self.defaults = config.defaults
             self.max_body_bytes = config.max_body_bytes
             self.pipeline = Pipeline.from_dir(config.artifacts, backend=config.backend,
                                               device=config.pipeline_device, verify=config.verify)
+            # The family (prompt or class requests) is the export's, whatever the caller set.
+            self.defaults = config.defaults.for_export(self.pipeline.manifest.data).check()
             self._batched.set_max_batch_size(config.max_batch)
             self._batched.set_batch_wait_timeout_s(config.batch_wait_s)
             self.batch_sizes: list[int] = []  # observed, for tests and tuning
@@ -108,18 +115,26 @@ def server_class():
                 parsed = await read_generation_request(request, self.defaults, self.max_body_bytes)
             except HttpRefusal as exc:
                 return JSONResponse({"error": exc.message}, status_code=exc.status)
-            result = await self._batched(parsed)
-            if isinstance(result, Exception):
-                status = 500 if isinstance(result, GenerationFailure) else 400
-                return JSONResponse({"error": str(result)}, status_code=status)
-            return Response(_png(result), media_type="image/png")
+            # Each image is its own batch item, so a class list batches with other requests.
+            results = await asyncio.gather(*(self._batched(one) for one in parsed))
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                status = 500 if any(isinstance(r, GenerationFailure) for r in failed) else 400
+                return JSONResponse({"error": str(failed[0])}, status_code=status)
+            headers = {"X-Stagevar-Images": str(len(results))}
+            return Response(_png(np.concatenate(results, axis=1)), media_type="image/png", headers=headers)
 
         async def generate(self, **fields):
-            """Python entry point: the image as uint8 (H, W, 3); bad fields raise StagevarError."""
-            result = await self._batched(parse_fields(fields, self.defaults))
-            if isinstance(result, Exception):
-                raise result
-            return result
+            """Python entry point: the image as uint8 (H, W, 3), or (N, H, W, 3) for a class list;
+            bad fields raise StagevarError. `class_label=` stands for the JSON field "class"."""
+            if "class_label" in fields:
+                fields = {("class" if k == "class_label" else k): v for k, v in fields.items()}
+            parsed = parse_fields(fields, self.defaults)
+            results = await asyncio.gather(*(self._batched(one) for one in parsed))
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return np.stack(results) if isinstance(fields.get("class"), list) else results[0]
 
         def observed_batch_sizes(self) -> list[int]:
             return list(self.batch_sizes)

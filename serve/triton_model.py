@@ -8,8 +8,10 @@ device that grows from scale to scale; splitting scales into separate Triton mod
 it through Triton tensors at every scale. So each instance owns one `Pipeline`.
 
 Inputs (every one with the leading batch dimension, as max_batch_size > 0 implies):
-PROMPT string, SEED int64, and optional PLAN string, ASPECT string ("W:H"), CFG fp32, TAU fp32
-overriding the defaults in the config's parameters. Output IMAGE uint8 [H, W, 3].
+PROMPT string (Infinity exports) or CLASS int64 (VAR exports: an ImageNet class index per row),
+SEED int64, and optional PLAN string, ASPECT string ("W:H"), CFG fp32, TAU fp32 overriding the
+defaults in the config's parameters. Output IMAGE uint8 [H, W, 3]. A PROMPT sent to a VAR model,
+or a CLASS to an Infinity one, is refused with one sentence.
 A bad request gets an INVALID_ARG error response of its own; the other requests of the batch
 and the instance carry on.
 """
@@ -24,10 +26,11 @@ import triton_python_backend_utils as pb_utils
 
 from stagevar.runtime.errors import StagevarError
 from stagevar.serve.batched_generation import GenerationFailure, generate_images
-from stagevar.serve.request import RequestDefaults, parse_request
+from stagevar.serve.request import CLASS_FOR_INFINITY, PROMPT_FOR_VAR, RequestDefaults, parse_request
 
 OPTIONAL_INPUTS = ("PLAN", "ASPECT", "CFG", "TAU")
 WARMUP_PROMPT = "warm-up"
+WARMUP_CLASS = 0
 
 
 class TritonPythonModel:
@@ -69,13 +72,18 @@ class TritonPythonModel:
             cfg=_float_param(params, "cfg"),
             tau=_float_param(params, "tau"),
             resolution=params.get("resolution") or None,
-        ).check()
+        )
         # Pipeline.from_dir checks the manifest (schema, file list, sizes or sha256 by `verify`).
         self.pipeline = Pipeline.from_dir(root, backend=params.get("backend", "ort"), device=device,
                                           verify=params.get("verify", "record"))
+        # The export decides the family (PROMPT or CLASS requests), not the config's text.
+        self.defaults = self.defaults.for_export(self.pipeline.manifest.data).check()
+        self.primary = "CLASS" if self.defaults.family == "var" else "PROMPT"
         if params.get("warmup", "true").lower() == "true":
             # The first request would otherwise pay session start-up and first-run costs.
-            warm = generate_images(self.pipeline, [parse_request(WARMUP_PROMPT, 0, defaults=self.defaults)])[0]
+            warmup = (parse_request(None, 0, defaults=self.defaults, class_label=WARMUP_CLASS) if self.primary == "CLASS"
+                      else parse_request(WARMUP_PROMPT, 0, defaults=self.defaults))
+            warm = generate_images(self.pipeline, [warmup])[0]
             if isinstance(warm, Exception):
                 raise StagevarError(f"The warm-up generation failed: {warm}")
 
@@ -105,20 +113,29 @@ class TritonPythonModel:
     def _parse(self, request):
         """The request's rows as GenerationRequests, or the StagevarError that refuses it."""
         try:
-            prompts = _column(request, "PROMPT", required=True)
-            seeds = _column(request, "SEED", required=True)
-            n = len(prompts)
+            primary = self.primary
+            other = "PROMPT" if primary == "CLASS" else "CLASS"
+            if pb_utils.get_input_tensor_by_name(request, other) is not None:
+                raise StagevarError(PROMPT_FOR_VAR if other == "PROMPT" else CLASS_FOR_INFINITY)
+            needed = f"{primary} and SEED"
+            values = _column(request, primary, required=needed)
+            seeds = _column(request, "SEED", required=needed)
+            n = len(values)
             if n == 0:  # Triton lets a client send PROMPT [0, 1]; there is nothing to generate
-                raise StagevarError("The request has no rows (PROMPT has 0 rows); send at least one prompt.")
-            extra = {name: _column(request, name, required=False) for name in OPTIONAL_INPUTS}
+                raise StagevarError(f"The request has no rows ({primary} has 0 rows); send at least one "
+                                    f"{primary.lower()}.")
+            extra = {name: _column(request, name, required=None) for name in OPTIONAL_INPUTS}
             for name, column in (("SEED", seeds), *extra.items()):
                 if column is not None and len(column) != n:
-                    raise StagevarError(f"Input {name} has {len(column)} rows but PROMPT has {n}; "
-                                        f"send one value per prompt.")
-            rows = [parse_request(prompts[i], seeds[i],
-                                  *(None if extra[name] is None else extra[name][i] for name in OPTIONAL_INPUTS),
-                                  defaults=self.defaults)
-                    for i in range(n)]
+                    raise StagevarError(f"Input {name} has {len(column)} rows but {primary} has {n}; "
+                                        f"send one value per {primary.lower()}.")
+            rows = []
+            for i in range(n):
+                options = [None if extra[name] is None else extra[name][i] for name in OPTIONAL_INPUTS]
+                if primary == "CLASS":  # row i's label goes with row i's seed and options
+                    rows.append(parse_request(None, seeds[i], *options, defaults=self.defaults, class_label=values[i]))
+                else:
+                    rows.append(parse_request(values[i], seeds[i], *options, defaults=self.defaults))
             # IMAGE is one tensor per request: its rows must share one image size. Refused here,
             # before any of them is generated.
             if len({row.h_div_w for row in rows}) > 1:
@@ -147,8 +164,8 @@ def _column(request, name, required):
     """One value per batch row of input `name` ((rows, 1) as Triton sends dims [1]), or None."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
-        if required:
-            raise StagevarError(f"Input {name} is missing; every request needs PROMPT and SEED.")
+        if required:  # the inputs every request needs, as text ("PROMPT and SEED")
+            raise StagevarError(f"Input {name} is missing; every request needs {required}.")
         return None
     array = tensor.as_numpy()
     if array.ndim == 0 or array.size != array.shape[0]:

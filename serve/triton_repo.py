@@ -1,6 +1,7 @@
 """Write a Triton model repository that serves an export: `config.pbtxt` + `1/model.py`.
 
-The repository holds one Python-backend model (see `triton_model.py` for why one). The export
+The repository holds one Python-backend model (see `triton_model.py` for why one). Its inputs
+follow the export's family: PROMPT (Infinity) or CLASS int64 (VAR), SEED, optional overrides. The export
 itself stays where it is: its absolute path (or the path the server will see it under, for a
 container) and the sha256 of its manifest.json are recorded in the config's parameters, and the
 model checks both when Triton loads it.
@@ -13,13 +14,13 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.manifest import MANIFEST_NAME, load_manifest
 
-from .request import RequestDefaults
+from .request import FAMILIES, RequestDefaults
 
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
@@ -98,9 +99,16 @@ def config_pbtxt(cfg: TritonRepoConfig, manifest_sha256: str) -> str:
         "cfg": "" if d.cfg is None else repr(float(d.cfg)),
         "tau": "" if d.tau is None else repr(float(d.tau)),
         "resolution": d.resolution or "",
+        "family": d.family,
     }
-    inputs = [("PROMPT", "TYPE_STRING", False), ("SEED", "TYPE_INT64", False), ("PLAN", "TYPE_STRING", True),
-              ("ASPECT", "TYPE_STRING", True), ("CFG", "TYPE_FP32", True), ("TAU", "TYPE_FP32", True)]
+    var = d.family == "var"
+    # Both families declare PROMPT and CLASS (the other family's one optional), so that a prompt
+    # sent to a VAR model, or a class to an Infinity one, reaches model.py and gets our sentence
+    # instead of Triton's "unexpected inference input". CLASS is int64: a float32 id would be
+    # converted by the client (207.9 -> 207) or lose integers past 2**24.
+    inputs = [("PROMPT", "TYPE_STRING", var), ("CLASS", "TYPE_INT64", not var), ("SEED", "TYPE_INT64", False),
+              ("PLAN", "TYPE_STRING", True), ("ASPECT", "TYPE_STRING", True), ("CFG", "TYPE_FP32", True),
+              ("TAU", "TYPE_FP32", True)]
     lines = [
         "# Written by stagevar-serve triton; edit instance_group, max_batch_size and parameters freely.",
         f'name: "{cfg.model_name}"',
@@ -135,11 +143,13 @@ def write_triton_repo(cfg: TritonRepoConfig, repo: str | os.PathLike, force: boo
     only with `force`; the new one is built beside it and renamed into place, so an interrupted
     write leaves the old one or none.
     """
-    cfg.check()
     manifest = load_manifest(cfg.artifacts, verify="quick")
-    if manifest.data.get("family") != "infinity":
+    if manifest.data.get("family") not in FAMILIES:
         raise StagevarError(f"Export {cfg.artifacts} is of model family {manifest.data.get('family')!r}, "
-                            f"which the stagevar runtime does not serve; export an Infinity model.")
+                            f"which stagevar-serve does not serve; export an Infinity or VAR model.")
+    # The inputs (PROMPT or CLASS) and the request rules follow the export's family.
+    cfg = replace(cfg, defaults=cfg.defaults.for_export(manifest.data))
+    cfg.check()
     digest = hashlib.sha256((Path(cfg.artifacts) / MANIFEST_NAME).read_bytes()).hexdigest()
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():

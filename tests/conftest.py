@@ -63,6 +63,27 @@ def shapes_artifacts(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def var_tiny_bundle():
+    from stagevar.exporter.var.bundle import VarBundle
+    from stagevar.exporter.var.config import var_tiny
+
+    return VarBundle.random(var_tiny(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def var_tiny_artifacts(var_tiny_bundle, tmp_path_factory):
+    """var-tiny exported once (fp32); treat as read-only. Here (not in tests/var) because the
+    serving and TensorRT tests serve it too. STAGEVAR_VAR_TINY_ARTIFACTS=DIR reuses such an export."""
+    from pathlib import Path
+
+    from stagevar.exporter.var.export import export_var_artifacts
+
+    if os.environ.get("STAGEVAR_VAR_TINY_ARTIFACTS"):
+        return Path(os.environ["STAGEVAR_VAR_TINY_ARTIFACTS"])
+    return export_var_artifacts(var_tiny_bundle, tmp_path_factory.mktemp("var") / "var-tiny")
+
+
 @pytest.fixture(scope="session")  # session: resolved before the (session) export fixtures
 def tensorrt_stack():
     """tensorrt, once cuda-python and polygraphy are importable too; skips without them, or fails

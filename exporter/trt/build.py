@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stagevar import __version__
-from stagevar.runtime import graph_io as gio
 from stagevar.runtime.engine_cache import BUILDS_KEY, ENGINES_DIR, engine_dir_name, engine_key, find_build, normalize_cc
 from stagevar.runtime.errors import StagevarError
 from stagevar.runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
@@ -30,7 +29,7 @@ from stagevar.runtime.manifest import Manifest, load_manifest, sha256_file, writ
 from ..artifact_dir import staged_output
 from ..attention_form import DECOMPOSED, FUSED, TRT_MIN_FOR_FUSED
 from ..progress import PhaseProgress
-from .profiles import ProfileSpec, all_profiles
+from .profiles import ProfileSpec, all_profiles, engine_graphs
 from .toolchain import PlanRequest, Toolchain, load_toolchain
 
 TIMING_CACHE = "timing.cache"
@@ -96,13 +95,14 @@ def build_engines(root: str | os.PathLike, options: BuildOptions, toolchain: Too
     plugin = _plugin_entry(options.plugins)
     if options.plugins is not None:
         toolchain.load_plugins(options.plugins)
-    sources = _verify_sources(manifest, gio.GRAPHS)
+    graph_names = engine_graphs(data)  # Infinity's five graphs, or VAR's (runtime/var_graph_io.py)
+    sources = _verify_sources(manifest, graph_names)
     rel_dir = f"{ENGINES_DIR}/{engine_dir_name(version, cc)}"
     previous = find_build(data.get(BUILDS_KEY) or [], version, cc)
     plugin_sha = plugin["sha256"] if plugin else None
 
     graphs, reuse = {}, {}
-    for graph in gio.GRAPHS:
+    for graph in graph_names:
         onnx_sha, weights_sha = sources[graph]
         specs = profiles[graph]
         key = engine_key(onnx_sha, version, cc, {**options.flags(), **RECIPE, "profiles": [p.to_json() for p in specs]},
@@ -118,13 +118,14 @@ def build_engines(root: str | os.PathLike, options: BuildOptions, toolchain: Too
         "graphs": graphs, "built_seconds": {}, "stagevar": __version__,
     }
     result = BuildResult(record)
-    if previous is not None and len(reuse) == len(gio.GRAPHS) and _same_build(previous, record):
-        for graph in gio.GRAPHS:
+    if (previous is not None and len(reuse) == len(graph_names) and set(previous.get("graphs") or {}) == set(graph_names)
+            and _same_build(previous, record)):
+        for graph in graph_names:
             print(f"{graph}: up to date ({previous['graphs'][graph]['plan']})", file=stream)
-        result.record, result.reused, result.changed = previous, list(gio.GRAPHS), False
+        result.record, result.reused, result.changed = previous, list(graph_names), False
         return result
 
-    to_build = [g for g in gio.GRAPHS if g not in reuse]
+    to_build = [g for g in graph_names if g not in reuse]
     progress = PhaseProgress(_PHASES_PER_GRAPH * len(to_build), stream=stream)
     engines_root = root / ENGINES_DIR
     created = not engines_root.exists()
@@ -137,7 +138,7 @@ def build_engines(root: str | os.PathLike, options: BuildOptions, toolchain: Too
                 # Beside the plans, so the export is self-contained: the runtime's TensorRT backend
                 # loads <dir>/<plugins.file> (after checking its sha256) when no path is given.
                 shutil.copyfile(options.plugins, stage / plugin["file"])
-            for graph in gio.GRAPHS:
+            for graph in graph_names:
                 plan_path = stage / f"{graph}.plan"
                 if graph in reuse:
                     _link_or_copy(reuse[graph][0], plan_path)

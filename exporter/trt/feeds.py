@@ -32,7 +32,12 @@ def make_feeds(data: dict, graph: str, profile: ProfileSpec, seed: int = 0,
     if point not in POINTS:
         raise ValueError(f"point must be one of {POINTS}, not {point!r}")
     rng = np.random.default_rng(seed)
-    dims = ModelDims.from_manifest(data)
+    if data.get("family") == "var":
+        from .var_profiles import VarDims
+
+        dims = VarDims.from_manifest(data)
+    else:
+        dims = ModelDims.from_manifest(data)
     specs = {i["name"]: i for i in data["graphs"][graph]["inputs"]}
     ranges = profile.shape_dict()
     shapes = {name: tuple(ranges[name][POINTS.index(point)]) if name in ranges else
@@ -81,6 +86,11 @@ class _Context:
             return np.where(self.mask(*shape) == 1, 0.0, -np.inf)
         if name == "scale_index":
             return np.array(self.entry["scale"], np.int64)
+        if name == "labels":  # VAR class_cond: [cond; null] rows, the null class = num_classes
+            n = shape[0] // 2
+            return np.concatenate([rng.integers(0, self.dims.num_classes, size=n), np.full(n, self.dims.num_classes)])
+        if name in ("tokens", "f_hat"):  # VAR: area-downsampled running sums of codebook vectors
+            return 0.5 * rng.standard_normal(shape)
         if name == "codes":
             return self._codes(shape)
         if name in ("sos", "gss", "head_ss"):
@@ -89,6 +99,9 @@ class _Context:
             return 0.5 * rng.standard_normal(shape)
         if name in ("rope_cos", "rope_sin"):
             return self._rope(name)
+        if name == "guidance" and self.data.get("family") == "var":  # the ramp t = cfg * si / (S - 1)
+            t = float(self.data["model"].get("default_cfg", 1.5)) * self.entry["scale"] / (len(self.dims.patch_nums) - 1)
+            return np.array([1.0 + t, -t] if self.entry["rows"] == 2 * self.entry["images"] else [1.0, 0.0])
         if name == "guidance":
             cfg = float(self.data["model"].get("default_cfg", 3.0))
             return np.array([cfg, 1.0 - cfg] if self.entry["rows"] == 2 * self.entry["images"] else [1.0, 0.0])
@@ -127,7 +140,10 @@ class _Context:
         return (cos if name == "rope_cos" else sin)[start:start + count]
 
     def _area(self, name: str):
-        scales = self.data["schedules"][self.aspect]["scales"]
+        if self.data.get("family") == "var":  # square scales, from the model's patch_nums
+            scales = [(p, p) for p in self.dims.patch_nums]
+        else:
+            scales = self.data["schedules"][self.aspect]["scales"]
         k = int(self.entry["scale"])
         (ch, cw), (gh, gw) = scales[k - 1], scales[k]
         if name == "area_h":

@@ -120,9 +120,18 @@ def graph_input_names(graph: str, num_chunks: int) -> tuple[str, ...]:
     }[graph]
 
 
+def engine_graphs(data: dict) -> tuple[str, ...]:
+    """The graphs of an export that get engines, by its model family."""
+    if data.get("family") == "var":
+        from stagevar.runtime.var_graph_io import engine_graphs as var_engine_graphs
+
+        return var_engine_graphs(data)
+    return gio.GRAPHS
+
+
 def all_profiles(data: dict) -> dict[str, list[ProfileSpec]]:
-    """Profiles of every graph of the export, in graph_io order."""
-    return {graph: graph_profiles(data, graph) for graph in gio.GRAPHS}
+    """Profiles of every graph of the export that gets an engine, in graph_io order."""
+    return {graph: graph_profiles(data, graph) for graph in engine_graphs(data)}
 
 
 def graph_profiles(data: dict, graph: str) -> list[ProfileSpec]:
@@ -132,6 +141,10 @@ def graph_profiles(data: dict, graph: str) -> list[ProfileSpec]:
     profile (`entries`). Raises
     StagevarError when the export's inputs do not follow this stagevar's graph contract.
     """
+    if data.get("family") == "var":  # class-conditional VAR: its own graphs and shape rules
+        from .var_profiles import var_graph_profiles
+
+        return var_graph_profiles(data, graph)
     dims = ModelDims.from_manifest(data)
     names = graph_input_names(graph, dims.block_chunks)
     specs = _input_specs(data, graph, names)

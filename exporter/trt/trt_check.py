@@ -23,7 +23,7 @@ import numpy as np
 from stagevar.runtime import graph_io as gio
 
 from .feeds import make_feeds
-from .profiles import ProfileSpec
+from .profiles import ProfileSpec, engine_graphs
 from .toolchain import EngineRunner
 
 REPORT = "reports/trt_check.json"
@@ -87,7 +87,7 @@ def check_engines(root: str | os.PathLike, data: dict, record: dict, open_engine
     precision = data.get("precision", "fp32")
     tol = TOLERANCES.get(precision, TOLERANCES["fp16"])
     rows: list[TrtCheckRow] = []
-    for graph in gio.GRAPHS:
+    for graph in engine_graphs(data):
         entry = record["graphs"].get(graph)
         if entry is None:
             continue

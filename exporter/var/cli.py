@@ -47,10 +47,9 @@ def run_var_export(args: argparse.Namespace) -> int:
     if args.aspect.strip() != "1:1" or args.resolution is not None:
         raise StagevarError(f"{preset.name} has one fixed square schedule ({preset.image_size} px); drop --aspect "
                             f"and --resolution.")
-    if args.engine is not None or args.plugins is not None:
-        raise StagevarError("TensorRT engines for VAR exports are not built yet; drop --engine/--plugins.")
-    if args.precision != "fp32":
-        raise StagevarError("VAR exports are fp32 for now; drop --precision or use --precision fp32.")
+    if args.plugins is not None and args.engine != "trt":
+        raise StagevarError("--plugins is for TensorRT engines; add --engine trt (or use `stagevar-export build DIR "
+                            "--plugins PATH`).")
     if args.batch < 1:
         raise StagevarError("--batch must be at least 1.")
     if out.exists() and not args.force:
@@ -71,8 +70,15 @@ def run_var_export(args: argparse.Namespace) -> int:
     label = "RANDOM weights (a demo/test export, images are noise)" if manifest["model"]["random_init"] else "checkpoint weights"
     print(f"exported {preset.name} ({label}), {args.precision}, {preset.image_size} px, to {out} "
           f"in {time.perf_counter() - t0:.1f} s")
-    if not args.check:
-        return 0
-    from .check import run_var_check
+    code = 0
+    if args.check:
+        from .check import run_var_check
 
-    return 0 if run_var_check(out, bundle) else 1
+        code = 0 if run_var_check(out, bundle) else 1
+    if args.engine == "trt":
+        # The export above is complete and stays so whatever happens here (no TensorRT: one
+        # sentence, exit 2). var_fidelity gets its engine after `calibrate` and a new build.
+        from ..trt.cli_build import run_build
+
+        code = max(code, run_build(out, plugins=args.plugins, check=args.check))
+    return code

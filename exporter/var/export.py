@@ -30,9 +30,10 @@ from ..attention_form import current_opset
 from ..onnx_export import export_program
 from ..onnx_io import SharedWeightsWriter, save_graph
 from .bundle import VarBundle
+from .model import to_fp16_blocks
 from .graphs import ClassCondGraph, VarFidelityGraph, VarStepGraph, VqvaeDecoderGraph
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16")  # fp16: the blocks' GEMM weights (model.to_fp16_blocks)
 GLUE_PATH = "glue/var_glue.npz"
 _WEIGHTS = {vio.CLASS_COND: "var.weights", vio.VAR_STEP: "var.weights", vio.VAR_FIDELITY: "var.weights",
             vio.VQVAE_DECODER: "vqvae.weights"}
@@ -40,8 +41,9 @@ _WEIGHTS = {vio.CLASS_COND: "var.weights", vio.VAR_STEP: "var.weights", vio.VAR_
 _N, _L, _P = 2, 5, 7
 
 
-def _examples(bundle: VarBundle):
+def _examples(bundle: VarBundle, precision: str = "fp32"):
     cfg = bundle.preset.var
+    var = to_fp16_blocks(bundle.var) if precision == "fp16" else bundle.var
     g = torch.Generator().manual_seed(0)
     R, C, H, hd, D = 2 * _N, cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.depth
     cond = ((torch.tensor([1, 2, cfg.num_classes, cfg.num_classes]),), {"labels": {0: "r"}})
@@ -65,8 +67,8 @@ def _examples(bundle: VarBundle):
     fid_axes = {"tokens": {0: "n", 1: "m"}, "gss": {0: "n"}, "head_ss": {0: "n"}, "past_kv": {0: "p", 3: "n"},
                 "cache": {1: "n", 2: "mc"}, "area_h": {0: "gh", 1: "h"}, "area_w": {0: "gw", 1: "w"},
                 "gumbel": {1: "n", 2: "m"}, **{f"proj_{c}": {0: "n", 1: "m", 2: f"r{c}"} for c in range(chunks)}}
-    return {vio.CLASS_COND: (ClassCondGraph(bundle.var), *cond), vio.VAR_STEP: (VarStepGraph(bundle.var), *step),
-            vio.VAR_FIDELITY: (VarFidelityGraph(bundle.var), tuple(fid_args), fid_axes),
+    return {vio.CLASS_COND: (ClassCondGraph(var), *cond), vio.VAR_STEP: (VarStepGraph(var), *step),
+            vio.VAR_FIDELITY: (VarFidelityGraph(var), tuple(fid_args), fid_axes),
             vio.VQVAE_DECODER: (VqvaeDecoderGraph(bundle.vae), *dec)}
 
 
@@ -152,7 +154,7 @@ def export_var_artifacts(bundle: VarBundle, out_dir: str | Path, *, precision: s
                          force: bool = False, progress: Callable[[str], None] | None = None) -> Path:
     """Export every VAR graph, the glue file and the manifest into `out_dir` (atomically)."""
     if precision not in PRECISIONS:
-        raise StagevarError(f"Precision {precision!r} is not available for VAR exports yet; use --precision fp32.")
+        raise StagevarError(f"Precision {precision!r} is not known; use --precision fp32 or fp16.")
     if batch < 1:
         raise StagevarError("--batch must be at least 1.")
     report = progress or (lambda name: None)
@@ -164,7 +166,7 @@ def export_var_artifacts(bundle: VarBundle, out_dir: str | Path, *, precision: s
         writers = {name: SharedWeightsWriter(onnx_dir / name) for name in set(_WEIGHTS.values())}
         graphs = {}
         try:
-            for name, (module, args, axes) in _examples(bundle).items():
+            for name, (module, args, axes) in _examples(bundle, precision).items():
                 report(name)
                 t0 = time.perf_counter()
                 inputs, outputs = vio.contract(name, bundle.preset.var.block_chunks)

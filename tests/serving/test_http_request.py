@@ -29,7 +29,8 @@ class FakeRequest:
 
 
 def read(request, limit=DEFAULT_MAX_BODY_BYTES):
-    return asyncio.run(read_generation_request(request, RequestDefaults(), limit))
+    (one,) = asyncio.run(read_generation_request(request, RequestDefaults(), limit))
+    return one
 
 
 def refusal(request, limit=DEFAULT_MAX_BODY_BYTES) -> HttpRefusal:

@@ -100,3 +100,32 @@ def _exercise(url, handle, reference_image):
 
     sizes = handle.observed_batch_sizes.remote().result(timeout_s=TIMEOUT_S)
     assert sum(sizes) == 3 + 8 + 1 and max(sizes) <= 4 and max(sizes) > 1
+
+
+def test_ray_serve_answers_var_classes(var_tiny_artifacts, monkeypatch):
+    """A VAR export over HTTP: "class" int -> one PNG, a list -> the images side by side in order;
+    a prompt -> 400 with the one sentence. Bugs guarded against: a list's images in the wrong order
+    or with one seed; a prompt reaching the VAR pipeline (500 or an image)."""
+    from stagevar.runtime.pipeline import Pipeline
+    from stagevar.serve.request import PROMPT_FOR_VAR
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    pipe = Pipeline.from_dir(var_tiny_artifacts)
+    want = pipe(class_labels=[207, 88], seed=[3, 4], plan="exact", output_type="np").images
+    config = RayServeConfig(Path(var_tiny_artifacts), num_cpus=0.5, defaults=RequestDefaults(plan="exact"))
+    with sigterm_raises_interrupt():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
+        try:
+            port = free_port()
+            handle = run_ray(config, port=port, blocking=False)
+            url = f"http://127.0.0.1:{port}/generate"
+            np.testing.assert_array_equal(image(url, **{"class": 207, "seed": 3}), want[0])
+            np.testing.assert_array_equal(image(url, **{"class": [207, 88], "seed": 3}),
+                                          np.concatenate([want[0], want[1]], axis=1))
+            status, kind, data = post(url, {"prompt": "a cat", "seed": 0})
+            assert (status, kind) == (400, "application/json") and json.loads(data) == {"error": PROMPT_FOR_VAR}
+            both = handle.generate.remote(class_label=[207, 88], seed=3).result(timeout_s=TIMEOUT_S)
+            np.testing.assert_array_equal(both, want)
+        finally:
+            serve.shutdown()
+            ray.shutdown()

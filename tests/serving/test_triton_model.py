@@ -92,6 +92,19 @@ def test_a_bad_request_fails_alone_with_invalid_arg(model, fake_pb_utils, refere
     np.testing.assert_array_equal(image_of(pb, responses[2])[0], reference_image("a boat", 5))
 
 
+def test_a_class_sent_to_the_infinity_model_is_refused_alone(model, fake_pb_utils, reference_image):
+    """Bug guarded against: CLASS ignored by an Infinity model (a text-to-image answer to a client
+    aimed at a VAR export) or undeclared in config.pbtxt (Triton's own error, not our sentence)."""
+    from stagevar.serve.request import CLASS_FOR_INFINITY
+
+    pb = fake_pb_utils
+    with_class = make_request(pb, ["a red apple"], [3])
+    with_class.inputs().append(pb.Tensor("CLASS", np.array([[207]], dtype=np.int64)))
+    responses = model.execute([with_class, make_request(pb, ["a red apple"], [3])])
+    assert responses[0].error().message() == CLASS_FOR_INFINITY
+    np.testing.assert_array_equal(image_of(pb, responses[1])[0], reference_image("a red apple", 3))
+
+
 def test_missing_or_misshapen_inputs_are_error_responses(model, fake_pb_utils):
     pb = fake_pb_utils
     no_seed = pb.InferenceRequest([pb.Tensor("PROMPT", np.array([[b"x"]], dtype=object))])

@@ -40,9 +40,11 @@ def test_every_generated_config_parses_with_tritons_schema(tiny_artifacts, tmp_p
     kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if cfg.kind == "gpu" else model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert group.kind == kind and group.count == cfg.instances
     inputs = {i.name: i for i in parsed.input}
-    assert list(inputs) == ["PROMPT", "SEED", "PLAN", "ASPECT", "CFG", "TAU"]
-    assert [n for n, i in inputs.items() if i.optional] == ["PLAN", "ASPECT", "CFG", "TAU"]
+    assert list(inputs) == ["PROMPT", "CLASS", "SEED", "PLAN", "ASPECT", "CFG", "TAU"]
+    # CLASS is declared (optional) for Infinity exports only so that a class gets our refusal.
+    assert [n for n, i in inputs.items() if i.optional] == ["CLASS", "PLAN", "ASPECT", "CFG", "TAU"]
     assert inputs["PROMPT"].data_type == model_config_pb2.TYPE_STRING
+    assert inputs["CLASS"].data_type == model_config_pb2.TYPE_INT64
     assert inputs["SEED"].data_type == model_config_pb2.TYPE_INT64
     assert inputs["CFG"].data_type == model_config_pb2.TYPE_FP32
     (out,) = parsed.output

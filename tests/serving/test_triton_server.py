@@ -128,3 +128,36 @@ def test_a_changed_export_fails_the_model_load_with_our_sentence(tiny_artifacts,
         server.start()  # stops the server itself when the start fails
     assert "changed after this model repository was written" in str(info.value)
     assert server.leftovers() == []
+
+
+def test_triton_serves_a_var_export_by_class(var_tiny_artifacts, tmp_path):
+    """A VAR repository on the real server: CLASS int64 rows get the pipeline's images; a PROMPT
+    (declared optional for this refusal) gets our sentence as HTTP 400, not Triton's own error."""
+    from stagevar.runtime.pipeline import Pipeline
+    from stagevar.serve.request import PROMPT_FOR_VAR
+
+    want = Pipeline.from_dir(var_tiny_artifacts)(class_labels=[207, 88], seed=[3, 4], plan="exact",
+                                                  output_type="np").images
+    repo = tmp_path / "repo"
+    write_triton_repo(TritonRepoConfig(Path(var_tiny_artifacts), max_batch=4, defaults=RequestDefaults(plan="exact")),
+                      repo)
+    server = LocalTritonServer(repo, models=(MODEL,), startup_timeout_s=120)
+    with sigterm_raises_interrupt():
+        try:
+            server.start()
+            c = client(server)
+            try:
+                labels = httpclient.InferInput("CLASS", [2, 1], "INT64")
+                labels.set_data_from_numpy(np.array([[207], [88]], dtype=np.int64))
+                seeds = httpclient.InferInput("SEED", [2, 1], "INT64")
+                seeds.set_data_from_numpy(np.array([[3], [4]], dtype=np.int64))
+                result = c.infer(MODEL, [labels, seeds], outputs=[httpclient.InferRequestedOutput("IMAGE")])
+                np.testing.assert_array_equal(result.as_numpy("IMAGE"), want)
+                with pytest.raises(httpclient.InferenceServerException) as info:
+                    infer(c, "a cat", 0)
+                assert info.value.status() == "400" and PROMPT_FOR_VAR in info.value.message()
+            finally:
+                c.close()
+        finally:
+            exit_code = server.stop()
+    assert exit_code == 0, server.log_tail()

@@ -1,6 +1,6 @@
 """`stagevar-export --model var-...` refusals: one sentence, exit 2, nothing written.
 Guards: a VAR model falling through to the Infinity preset lookup, options that cannot apply
-(text encoder, aspect, fp16, TensorRT) silently ignored."""
+(text encoder, aspect, TensorRT plugins) silently ignored."""
 
 import pytest
 
@@ -12,8 +12,7 @@ from stagevar.exporter.cli_export import entry
     (["--model", "var-d17"], "not known"),
     (["--model", "var-tiny", "--text-encoder", "x"], "no text encoder"),
     (["--model", "var-tiny", "--aspect", "16:9"], "fixed square schedule"),
-    (["--model", "var-tiny", "--precision", "fp16"], "fp32 for now"),
-    (["--model", "var-tiny", "--engine", "trt"], "TensorRT engines for VAR"),
+    (["--model", "var-tiny", "--plugins", "lib.so"], "add --engine trt"),
     (["--model", "var-tiny", "--weights", "w.pth"], "no released checkpoint"),
     (["--model", "var-d16", "--weights", "nope.pth", "--vae", "nope2.pth"], "does not exist"),
 ])
@@ -23,15 +22,3 @@ def test_refusals(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
     assert not out.exists()
-
-
-def test_serve_refuses_var_exports(tmp_path, capsys):
-    """stagevar-serve speaks prompts only: a VAR export is refused in one sentence before any
-    repository is written (guards: a Triton repo whose model fails at the first request)."""
-    from stagevar.serve.cli import entry as serve_entry
-
-    (tmp_path / "manifest.json").write_text('{"family": "var"}')
-    repo = tmp_path / "repo"
-    assert serve_entry(["triton", str(tmp_path), "--repo", str(repo)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "class-conditional VAR export" in err and len(err.splitlines()) == 1 and not repo.exists()
