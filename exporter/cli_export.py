@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before any loading or tracing: a plan this model cannot run costs one sentence, not an export.
     plans = check_plans(preset.transformer.block_chunks, aspects, args.resolution, canonical_alpha(args.alpha), plans)
 
-    # fidelity traces in a background process from the start; its phase is the wait for it.
+    # One phase per graph, in the order they are traced (all in this process).
     steps = ["load model", "text_encoder", "text_cond", "step", "vae_decoder", "fidelity", "manifest"]
     progress = PhaseProgress(len(steps) + (1 if args.check else 0))
     t0 = time.perf_counter()

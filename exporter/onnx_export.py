@@ -53,6 +53,8 @@ def export_program(
     dynamic_axes: dict[str, dict[int, str | tuple[str, int, int]]],
     opset: int | None = None,
     optimize: bool = True,
+    translations: dict | None = None,
+    rewrite=None,
 ):
     """Trace `module` with torch.export and translate to ONNX; returns the ONNXProgram.
 
@@ -60,6 +62,8 @@ def export_program(
     share one dimension.
     Example inputs must have sizes >= 2 on every dynamic axis (torch.export specialises 0 and 1).
     `opset` defaults to that of the attention form being exported (exporter/attention_form.py).
+    `translations` adds custom-op translations; `rewrite(model)` edits the ONNX IR model before
+    the clean-up passes (block stitching, exporter/infinity/block_stitch.py).
     """
     opset = current_opset() if opset is None else opset
     dims: dict[str, torch.export.Dim] = {}
@@ -82,10 +86,12 @@ def export_program(
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_shapes=tuple(shapes),
-            custom_translation_table=onnx_translations(),
+            custom_translation_table={**onnx_translations(), **(translations or {})},
             optimize=False,
             verbose=False,
         )
+        if rewrite is not None:
+            rewrite(program.model)
         if optimize:
             # Weights on the meta device (large-model export) have no values to fold with.
             _light_optimize(program.model, fold=not on_meta)

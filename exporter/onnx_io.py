@@ -114,31 +114,3 @@ def save_graphs(programs: dict[str, object], folder: Path, weights_name: str, so
     finally:
         writer.close()
     return {"tensors_written": writer.tensors_written, "tensors_reused": writer.tensors_reused}
-
-
-def merge_weights(onnx_path: Path, writer: SharedWeightsWriter) -> None:
-    """Move the external tensors of a graph saved with its own weights file into `writer`.
-
-    Used when a graph was exported in a background process: its tensors are read back through
-    a memory map, deduplicated into the shared file, and the graph's references rewritten.
-    """
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    sources: set[Path] = set()
-    for tensor in model.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        src = onnx_path.parent / info["location"]
-        sources.add(src)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        count = int(info["length"]) // np.dtype(dtype).itemsize
-        array = np.fromfile(src, dtype=dtype, count=count, offset=int(info["offset"])).reshape(tuple(tensor.dims))
-        offset, length = writer.add(array)
-        del tensor.external_data[:]
-        for key, val in (("location", writer.path.name), ("offset", str(offset)), ("length", str(length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, val
-    onnx.save_model(model, str(onnx_path))
-    for src in sources:
-        if src != writer.path:
-            src.unlink()

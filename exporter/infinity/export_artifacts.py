@@ -20,7 +20,7 @@ from ..graph_spec import graph_io_spec
 from ..token_pairing import DEFAULT_PAIRING, check_pairing, token_pairing
 from ..attention_form import DEFAULT_ATTENTION, AttentionSpec, attention_export, check_form, query_chunks_for
 from ..onnx_io import SharedWeightsWriter
-from .export_transformer import WEIGHTS_NAME, export_cond_and_step, finish_fidelity_export, start_fidelity_export
+from .export_transformer import WEIGHTS_NAME, TransformerTracer, export_graph
 from .graph_text_encoder import export_text_encoder
 from .graph_vae import export_vae_decoder
 from .model_bundle import InfinityBundle
@@ -203,18 +203,19 @@ def export_artifacts(
             timings[name] = round(time.perf_counter() - t0, 3)
             return result
 
-        # The fidelity graph traces in a forked process while this one does the others.
         model = to_fp16_blocks(bundle.transformer) if precision == "fp16" else bundle.transformer
         t_source = bundle.sources.get("transformer")
-        job = start_fidelity_export(model, onnx_dir, t_source)
+        tracer = TransformerTracer(model)
         writer = SharedWeightsWriter(onnx_dir / WEIGHTS_NAME)
         try:
             timed(gio.TEXT_ENCODER, lambda: export_text_encoder(bundle, onnx_dir, precision, bundle.sources.get("text_encoder")))
-            timed(gio.TEXT_COND + "+" + gio.STEP, lambda: export_cond_and_step(model, onnx_dir, writer, lambda g: report("export", g), t_source), announce=False)
+            for name in (gio.TEXT_COND, gio.STEP):
+                timed(name, lambda: export_graph(tracer, name, onnx_dir, writer, t_source))
             timed(gio.VAE_DECODER, lambda: export_vae_decoder(bundle, onnx_dir, precision))
-            timed(gio.FIDELITY, lambda: finish_fidelity_export(job, onnx_dir, writer))
+            timed(gio.FIDELITY, lambda: export_graph(tracer, gio.FIDELITY, onnx_dir, writer, t_source))
+            # Counted in the graph that traced it first (step); the manifest says how much it was.
+            timings["shared_block"] = round(tracer.block_seconds, 3)
         finally:
-            job.kill()
             writer.close()
         weights = {gio.TEXT_ENCODER: "text_encoder.weights", gio.VAE_DECODER: "vae_decoder.weights",
                    gio.TEXT_COND: WEIGHTS_NAME, gio.STEP: WEIGHTS_NAME, gio.FIDELITY: WEIGHTS_NAME}

@@ -1,7 +1,12 @@
-"""Export of the transformer graphs (text_cond, step, fidelity) with one shared weights file."""
+"""Export of the transformer graphs (text_cond, step, fidelity) with one shared weights file.
+
+All three trace in this process, one after the other (a forked tracer deadlocked once); step and
+fidelity trace one block for all their blocks (block_stitch.py).
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -9,14 +14,14 @@ import torch
 from stagevar.runtime import graph_io as gio
 
 from ..onnx_export import export_program
-from ..background import BackgroundJob
-from ..onnx_io import SharedWeightsWriter, merge_weights, save_graph
+from ..onnx_io import SharedWeightsWriter, save_graph
+from .block_op import block_translations, placeholder_blocks
+from .block_stitch import BlockFunction, block_paths, stitch_blocks, trace_block
 from .config import InfinityConfig
 from .graphs_transformer import FidelityGraph, StepGraph, TextCondGraph
 from .transformer import InfinityTransformer
 
 WEIGHTS_NAME = "transformer.weights"
-_FIDELITY_PARTIAL = "fidelity.partial.weights"
 
 # Example sizes for tracing: >= 2 on every dynamic axis and pairwise distinct, so torch.export
 # neither specialises an axis nor confuses two of them.
@@ -97,22 +102,46 @@ def _fidelity_example(cfg: InfinityConfig, dt: torch.dtype = torch.float32):
     return tuple(args), axes
 
 
-def _programs(model: InfinityTransformer, names: tuple[str, ...], progress=None) -> dict:
-    cfg = model.config
-    chunks = cfg.block_chunks
-    dt = kv_dtype(model)
-    jobs = {
-        gio.TEXT_COND: lambda: (TextCondGraph(model), _text_cond_example(cfg), gio.TEXT_COND_INPUTS, gio.TEXT_COND_OUTPUTS),
-        gio.STEP: lambda: (StepGraph(model), _step_example(cfg, dt), gio.STEP_INPUTS, gio.STEP_OUTPUTS),
-        gio.FIDELITY: lambda: (FidelityGraph(model), _fidelity_example(cfg, dt), gio.fidelity_inputs(chunks), gio.fidelity_outputs(chunks)),
-    }
-    programs = {}
-    for name in names:
-        if progress is not None:
-            progress(name)
-        module, (args, axes), inputs, outputs = jobs[name]()
-        programs[name] = export_program(module, args, inputs, outputs, axes)
-    return programs
+class TransformerTracer:
+    """Traces the transformer graphs of one model; `step` and `fidelity` share one traced block.
+
+    The block is traced on first use (block_stitch.py) and its time is counted in the graph that
+    needed it first (`block_seconds` says how much).
+    """
+
+    def __init__(self, model: InfinityTransformer) -> None:
+        self.model = model
+        self.kv_dtype = kv_dtype(model)
+        self._block: BlockFunction | None = None
+        self.block_seconds = 0.0
+
+    def block_function(self) -> BlockFunction:
+        if self._block is None:
+            t0 = time.perf_counter()
+            block0 = self.model.block_chunks[0].module[0]
+            self._block = BlockFunction(trace_block(block0, self.model.config, self.kv_dtype))
+            self.block_seconds = time.perf_counter() - t0
+        return self._block
+
+    def program(self, name: str):
+        m, cfg = self.model, self.model.config
+        chunks = cfg.block_chunks
+        if name == gio.TEXT_COND:
+            (args, axes) = _text_cond_example(cfg)
+            return export_program(TextCondGraph(m), args, gio.TEXT_COND_INPUTS, gio.TEXT_COND_OUTPUTS, axes)
+        if name == gio.STEP:
+            module, (args, axes) = StepGraph(m), _step_example(cfg, self.kv_dtype)
+            inputs, outputs = gio.STEP_INPUTS, gio.STEP_OUTPUTS
+        elif name == gio.FIDELITY:
+            module, (args, axes) = FidelityGraph(m), _fidelity_example(cfg, self.kv_dtype)
+            inputs, outputs = gio.fidelity_inputs(chunks), gio.fidelity_outputs(chunks)
+        else:
+            raise ValueError(f"no transformer graph {name!r}")
+        fn = self.block_function()
+        blocks, paths = block_paths(m)
+        with placeholder_blocks(m):
+            return export_program(module, args, inputs, outputs, axes, translations=block_translations(),
+                                  rewrite=lambda onnx_model: stitch_blocks(onnx_model, fn, blocks, paths))
 
 
 def _save(program, path: Path, writer: SharedWeightsWriter, source) -> None:
@@ -122,42 +151,21 @@ def _save(program, path: Path, writer: SharedWeightsWriter, source) -> None:
         save_graph(program, path, writer, source)
 
 
-def start_fidelity_export(model: InfinityTransformer, folder: Path, source=None) -> BackgroundJob:
-    """Export the fidelity graph in a forked process (its own weights file until merged)."""
-
-    def job() -> None:
-        program = _programs(model, (gio.FIDELITY,))[gio.FIDELITY]
-        writer = SharedWeightsWriter(folder / _FIDELITY_PARTIAL)
-        try:
-            _save(program, folder / f"{gio.FIDELITY}.onnx", writer, source)
-        finally:
-            writer.close()
-
-    return BackgroundJob(job).start()
-
-
-def export_cond_and_step(model: InfinityTransformer, folder: Path, writer: SharedWeightsWriter, progress=None, source=None) -> None:
-    """Export text_cond and step into `folder`, their weights into the shared writer."""
-    for name in (gio.TEXT_COND, gio.STEP):
-        program = _programs(model, (name,), progress)[name]
-        _save(program, folder / f"{name}.onnx", writer, source)
-        del program  # one traced graph in memory at a time
-
-
-def finish_fidelity_export(job: BackgroundJob, folder: Path, writer: SharedWeightsWriter) -> None:
-    """Wait for the fidelity export and move its weights into the shared file (deduplicated)."""
-    job.join()
-    merge_weights(folder / f"{gio.FIDELITY}.onnx", writer)
+def export_graph(tracer: TransformerTracer, name: str, folder: Path, writer: SharedWeightsWriter, source=None) -> None:
+    """Trace one transformer graph and write it to `folder`, its weights into the shared writer."""
+    program = tracer.program(name)
+    _save(program, folder / f"{name}.onnx", writer, source)
 
 
 def export_transformer_graphs(model: InfinityTransformer, folder: Path, progress=None) -> dict:
     """Export text_cond, step and fidelity into `folder`, weights shared in one file."""
     writer = SharedWeightsWriter(folder / WEIGHTS_NAME)
-    job = start_fidelity_export(model, folder)
+    tracer = TransformerTracer(model)
     try:
-        export_cond_and_step(model, folder, writer, progress)
-        finish_fidelity_export(job, folder, writer)
+        for name in (gio.TEXT_COND, gio.STEP, gio.FIDELITY):
+            if progress is not None:
+                progress(name)
+            export_graph(tracer, name, folder, writer)
     finally:
-        job.kill()
         writer.close()
     return {"weights": WEIGHTS_NAME, "tensors_written": writer.tensors_written, "tensors_reused": writer.tensors_reused}
