@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -227,10 +228,10 @@ def export_artifacts(
         report("manifest", "hashing files")
         write_manifest(stage, build_manifest(bundle, graphs, aspects, resolution, precision, alpha, batch, timings, form,
                                              plans, pairing))
-    if any(p in ("stagevar", "stagevar-full") for p in plans):
-        # A trained preset's own calibrated table (exporter/weights/<preset>/rank_table.json).
-        from .shipped_table import install_shipped_table
+        if any(p in ("stagevar", "stagevar-full") for p in plans):
+            # A trained preset's own calibrated table (exporter/weights/<preset>/rank_table.json),
+            # installed before the export is published, so no reader sees it without.
+            from .shipped_table import install_shipped_table
 
-        if install_shipped_table(out_dir, bundle, say=lambda m: report("manifest", m)):
-            report("manifest", "installed the shipped calibrated rank table")
+            install_shipped_table(stage, bundle, say=lambda m: print(m, file=sys.stderr, flush=True))
     return out_dir

@@ -28,11 +28,13 @@ def test_bad_options_get_one_sentence(tmp_path, capsys, args, needle):
     assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1
 
 
-#: Conservative floor for `exact` on the fixed held-out prompts below: well under what the shipped
-#: model measures (docs/benchmarks.md, "infinity-shapes"), so CPU-to-CPU rounding cannot cross it,
-#: while a broken model, tokenizer, null prompt or swapped cond/null rows lands near 0.
-EXACT_COLOUR_FLOOR = 0.2
-EXACT_POSITION_FLOOR = 0.2
+#: Conservative floors for `exact` on the 24 fixed held-out prompts below. The shipped model measures
+#: colour 62.5 % and position 68.8 % on them (46.5 % / 57.5 % over 200 images, docs/benchmarks.md),
+#: so a few images flipping between CPUs cannot cross them; without its condition (--cfg 0, the
+#: state a lost prompt, a broken tokenizer or text path leaves) it measures 0 % and 0 %.
+EXACT_COLOUR_FLOOR = 0.3
+EXACT_POSITION_FLOOR = 0.35
+NUM_PROMPTS = 24
 
 
 def test_eval_on_the_shipped_model_adheres_and_writes_every_plan_grid_and_plot(shapes_artifacts, tmp_path):
@@ -41,7 +43,7 @@ def test_eval_on_the_shipped_model_adheres_and_writes_every_plan_grid_and_plot(s
     prompts = tmp_path / "prompts.txt"
     from stagevar.runtime.shapes_world import eval_prompts
 
-    prompts.write_text("\n".join(t for t, _ in eval_prompts(12)) + "\n")
+    prompts.write_text("\n".join(t for t, _ in eval_prompts(NUM_PROMPTS)) + "\n")
     report = tmp_path / "r.json"
     assert entry([str(shapes_artifacts), "--prompts", str(prompts), "--json", str(report),
                   "--plans", "exact,stagevar,stagevar@released,cfg-off",
@@ -49,7 +51,7 @@ def test_eval_on_the_shipped_model_adheres_and_writes_every_plan_grid_and_plot(s
     data = json.loads(report.read_text())
     assert list(data["plans"]) == ["exact", "stagevar", "stagevar@released", "cfg-off"]
     for plan, e in data["plans"].items():
-        assert e["images"] == 12 and "overall" in e["adherence"] and e["speedup"] > 0
+        assert e["images"] == NUM_PROMPTS and "overall" in e["adherence"] and e["speedup"] > 0
         assert plan == "exact" or 0 <= e["ssim"] <= 1
     exact = data["plans"]["exact"]["adherence"]
     assert exact["colour"] >= EXACT_COLOUR_FLOOR and exact["position"] >= EXACT_POSITION_FLOOR, exact
