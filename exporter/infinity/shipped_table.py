@@ -40,7 +40,14 @@ def install_shipped_table(out_dir: str | Path, bundle: InfinityBundle, say: Call
     path = shipped_table_path(bundle)
     if path is None:
         return False
-    table_json = json.loads(path.read_text())
+    try:
+        table_json = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        say(f"note: {path} is not readable JSON; the export keeps the released rank table "
+            f"(reinstall stagevar, or run `stagevar-export calibrate {out_dir}`).")
+        return False
+    if not isinstance(table_json, dict):
+        table_json = {}
     made_for = _weights_sha256(table_json.get("provenance", {}).get("model", {}).get("weights"))
     if made_for != _weights_sha256(bundle.provenance):
         say(f"note: {path} was calibrated on other weights than these; the export keeps the released rank "

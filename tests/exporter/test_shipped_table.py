@@ -65,3 +65,13 @@ def test_no_table_or_untrained_bundle_changes_nothing(export_copy, tmp_path):
     assert not install_shipped_table(export_copy, _bundle(tmp_path / "none"))
     assert not install_shipped_table(export_copy, SimpleNamespace(provenance={"random_init": {"seed": 0}}))
     assert load_manifest(export_copy).data["rank_table"]["source"] == "released"
+
+
+def test_corrupted_shipped_table_is_a_note_not_a_traceback(export_copy, tmp_path):
+    # Guards against a truncated rank_table.json in the package crashing every export of the model.
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / SHIPPED_TABLE).write_text('{"format": 1, "ratios": {"0.9')
+    notes = []
+    assert not install_shipped_table(export_copy, _bundle(tmp_path / "w"), say=notes.append)
+    assert "not readable JSON" in notes[0]
+    assert load_manifest(export_copy).data["rank_table"]["source"] == "released"
