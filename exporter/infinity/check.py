@@ -169,12 +169,17 @@ def _modules(bundle: InfinityBundle, precision: str) -> dict:
 
 
 def _checked_plan(pipe: Pipeline, plan: str, aspect: str, resolution: str):
-    """The plan as named, or, for a low-rank plan on an export without a rank table (before
-    calibration), the same modes with a fixed check-only table: the fidelity graph takes the
-    ranks as input shapes, so any ranks exercise it, and it is checked before it is first used."""
-    if plan not in ("stagevar", "stagevar-full") or pipe.rank_table.source != NONE:
+    """The plan as the export runs it: a low-rank plan with the export's own rank table (a
+    calibrated or shipped table, which the eager reference would not know by name alone), or, on
+    an export without a rank table (before calibration), the same modes with a fixed check-only
+    table: the fidelity graph takes the ranks as input shapes, so any ranks exercise it, and it
+    is checked before it is first used."""
+    if plan not in ("stagevar", "stagevar-full"):
         return plan
     chunks = pipe.spec.block_chunks
+    if pipe.rank_table.source != NONE:
+        alpha = pipe.manifest.data.get("alpha", "0.96")
+        return make_plan(plan, get_schedule(aspect, resolution), num_chunks=chunks, alpha=alpha, table=pipe.rank_table)
     table = RankTable("check-only", {"0.96": ((0.25,) * chunks,) * 3})
     return make_plan(plan, get_schedule(aspect, resolution), num_chunks=chunks, alpha="0.96", table=table)
 

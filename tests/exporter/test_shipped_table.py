@@ -75,3 +75,19 @@ def test_corrupted_shipped_table_is_a_note_not_a_traceback(export_copy, tmp_path
     assert not install_shipped_table(export_copy, _bundle(tmp_path / "w"), say=notes.append)
     assert "not readable JSON" in notes[0]
     assert load_manifest(export_copy).data["rank_table"]["source"] == "released"
+
+
+def test_check_passes_on_the_default_export_with_its_shipped_table(shapes_artifacts, tmp_path):
+    """`stagevar-export --check` on the README's default export. Guards against the eager
+    reference running `stagevar` with the released table (by plan name) while the export runs
+    its shipped calibrated one: every bit at the fidelity scales differed and the check failed."""
+    from stagevar.exporter.infinity.check import check_artifacts
+    from stagevar.exporter.infinity.model_bundle import InfinityBundle
+    from stagevar.exporter.infinity.presets import infinity_shapes
+
+    out = tmp_path / "export"
+    shutil.copytree(shapes_artifacts, out)  # the check writes reports/ into the export
+    assert load_manifest(out).data["rank_table"]["source"] == "calibrated"
+    report = check_artifacts(out, InfinityBundle.shipped(infinity_shapes()))
+    assert [r for r in report["rows"] if not r["ok"]] == []
+    assert {r["plan"] for r in report["rows"] if r["graph"] == "end_to_end"} == {"exact", "stagevar"}
