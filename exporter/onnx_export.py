@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import torch
 
 from .attention_form import current_opset
+from .onnx_registry import reused_registry
 from .token_restore_op import onnx_translations
+from .training_ir import skip_redundant_decomposition, training_ir_translations
 
 
 @contextlib.contextmanager
@@ -77,7 +79,7 @@ def export_program(
     if on_meta:
         # Large-model export: weights have no storage, so trace with inputs on meta too.
         example_args = [a.to("meta") for a in example_args]
-    with _quiet(), torch.no_grad():
+    with _quiet(), torch.no_grad(), skip_redundant_decomposition(), reused_registry():
         program = torch.onnx.export(
             module.eval(),
             tuple(example_args),
@@ -86,7 +88,7 @@ def export_program(
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_shapes=tuple(shapes),
-            custom_translation_table={**onnx_translations(), **(translations or {})},
+            custom_translation_table={**training_ir_translations(), **onnx_translations(), **(translations or {})},
             optimize=False,
             verbose=False,
         )
