@@ -8,6 +8,7 @@ existing export (exporter/trt/cli_build.py); `--engine trt` exports, then builds
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-pairing", default="raster", choices=("raster", "sample"),
                    help="low-rank scales write chunk output j at the j-th selected position in raster order (default) "
                         "or in sampling order (as the StageVAR release does; for comparisons)")
+    p.add_argument("--jobs", default="auto", choices=("auto", "1", "2"),
+                   help="processes tracing the graphs: 2 traces text_encoder and fidelity beside step, "
+                        "text_cond and vae_decoder (the same files, about 1.5x sooner); auto = 2 where there are two "
+                        "CPUs and the model is small enough to copy (default auto)")
     p.add_argument("--batch", type=int, default=1, help="images per request the engine profiles are built for")
     p.add_argument("--out", help="output folder (default ./stagevar-artifacts/<model>)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -71,7 +76,9 @@ def _summary(out: Path, manifest: dict, progress: PhaseProgress) -> str:
         weights = g["weights"]
         wsize = "(shared)" if weights in seen_weights else _size(out / weights)
         seen_weights.add(weights)
-        rows.append((name, _size(out / g["path"]), f"{Path(weights).name} {wsize}", f"{progress.durations.get(name, 0.0):.1f} s"))
+        # Each graph's own tracing time (manifest), also when two processes traced side by side.
+        took = manifest.get("export_seconds", {}).get(name, progress.durations.get(name, 0.0))
+        rows.append((name, _size(out / g["path"]), f"{Path(weights).name} {wsize}", f"{took:.1f} s"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
@@ -95,6 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         from .var.cli import run_var_export
 
         return run_var_export(args)
+    from .infinity.side_graphs import SideGraphs, usable_cpus
+
+    # The second process starts now, so that its imports (~9 s) overlap this one's (torch, the
+    # model); if the export ends up in one process, or an option is refused, it is closed unused.
+    early = args.jobs == "2" or (args.jobs == "auto" and usable_cpus() >= 2)
+    with SideGraphs().launch() if early else contextlib.nullcontext() as side:
+        return _export_infinity(args, side)
+
+
+def _export_infinity(args, side) -> int:
     from .model_args import resolve_preset
 
     preset = resolve_preset(args)
@@ -126,19 +143,28 @@ def main(argv: list[str] | None = None) -> int:
     # Before any loading or tracing: a plan this model cannot run costs one sentence, not an export.
     plans = check_plans(preset.transformer.block_chunks, aspects, args.resolution, canonical_alpha(args.alpha), plans)
 
-    # One phase per graph, in the order they are traced (all in this process).
+    # One phase per graph, in the order they are traced here; with a second process, the graphs
+    # it traces are one phase at the end (waiting for it).
     steps = ["load model", "text_encoder", "text_cond", "step", "vae_decoder", "fidelity", "manifest"]
     progress = PhaseProgress(len(steps) + (1 if args.check else 0))
     t0 = time.perf_counter()
+    from .infinity.side_graphs import default_workers
+
     try:
         progress.phase("load model")
         bundle = load_bundle(preset, args)
+        workers = default_workers(bundle) if args.jobs == "auto" else int(args.jobs)
+        if workers == 2:
+            steps = ["load model", "step", "text_cond", "vae_decoder", "second process", "manifest"]
+            progress.total = len(steps) + (1 if args.check else 0)
+        elif side is not None:
+            side.close()  # this model exports in one process (too large to copy, or lazy)
         from .infinity.export_artifacts import export_artifacts
 
         export_artifacts(
             bundle, out, aspects=aspects, resolution=args.resolution, precision=args.precision,
             alpha=args.alpha, batch=args.batch, force=args.force, plans=plans, attention=args.attention,
-            pairing=args.token_pairing,
+            pairing=args.token_pairing, workers=workers, side=side if workers == 2 else None,
             progress=lambda phase, detail: progress.phase(detail if phase == "export" else phase),
         )
         progress.close()

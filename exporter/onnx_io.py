@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from .onnx_local_functions import attach_local_functions
 
@@ -79,21 +80,30 @@ def _strip_node_metadata(graph: onnx.GraphProto) -> None:
                 _strip_node_metadata(attr.g)
 
 
-def save_graph(program, path: Path, weights: SharedWeightsWriter, source: TensorSource = _default_source) -> None:
-    """Save a torch ONNXProgram to `path`, its initializers going into `weights`.
+def graph_proto(program) -> tuple[onnx.ModelProto, dict]:
+    """A torch ONNXProgram as a ModelProto without initializers, plus its initializers by name.
 
-    The graph is serialised without initializers, then every initializer is appended as an
-    external tensor pointing into the weights file (which must sit in the same folder).
-    Custom stagevar nodes get their model-local functions here.
+    The CPU work of saving a graph (serialising, dropping node metadata, attaching the local
+    functions of custom stagevar nodes) without touching any weights file, so that a second
+    process can do it and hand the result to the writer of a shared weights file.
     """
     initializers = dict(program.model.graph.initializers)
-    program.save(path, include_initializers=False, keep_initializers_as_inputs=False)
-    model = onnx.load(str(path), load_external_data=False)
-    del model.graph.initializer[:]
+    program.model.graph.initializers.clear()
+    try:
+        model = ir.serde.serialize_model(program.model)
+    finally:
+        program.model.graph.initializers.update(initializers)
     _strip_node_metadata(model.graph)
     # After the exporter's passes (its version conversion inlines every function): the
     # standard-op bodies of our custom nodes, for runtimes without the plugin.
     attach_local_functions(model)
+    return model, initializers
+
+
+def write_graph(model: onnx.ModelProto, initializers: dict, path: Path, weights: SharedWeightsWriter,
+                source: TensorSource = _default_source) -> None:
+    """Write `model` to `path` with each initializer (`source(name, value)` gives its array, one at
+    a time so that large models never hold all their weights) appended to `weights`."""
     location = weights.path.name
     for name, value in initializers.items():
         array = source(name, value)
@@ -103,6 +113,13 @@ def save_graph(program, path: Path, weights: SharedWeightsWriter, source: Tensor
             offset, length = weights.add(array)
             model.graph.initializer.append(_external_tensor(name, array, location, offset, length))
     onnx.save_model(model, str(path))
+
+
+def save_graph(program, path: Path, weights: SharedWeightsWriter, source: TensorSource = _default_source) -> None:
+    """Save a torch ONNXProgram to `path`, its initializers going into `weights` (which must sit
+    in the same folder) as external tensors."""
+    model, initializers = graph_proto(program)
+    write_graph(model, initializers, path, weights, source)
 
 
 def save_graphs(programs: dict[str, object], folder: Path, weights_name: str, source: TensorSource = _default_source) -> dict:

@@ -20,12 +20,13 @@ from ..artifact_dir import staged_output
 from ..graph_spec import graph_io_spec
 from ..token_pairing import DEFAULT_PAIRING, check_pairing, token_pairing
 from ..attention_form import DEFAULT_ATTENTION, AttentionSpec, attention_export, check_form, query_chunks_for
-from ..onnx_io import SharedWeightsWriter
+from ..onnx_io import SharedWeightsWriter, graph_proto, write_graph
 from .export_transformer import WEIGHTS_NAME, TransformerTracer, export_graph
 from .graph_text_encoder import export_text_encoder
 from .graph_vae import export_vae_decoder
 from .model_bundle import InfinityBundle
 from .precision import to_fp16_blocks
+from .side_graphs import SideGraphs, SideJob, check_workers
 
 PRECISIONS = ("fp32", "fp16")
 Progress = Callable[[str, str], None]  # (phase, detail)
@@ -160,6 +161,30 @@ def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, pr
     }
 
 
+def _export_two_processes(job: SideJob, side: SideGraphs, onnx_dir: Path, timed, report, timings: dict) -> TransformerTracer:
+    """The block, step, text_cond and vae_decoder traced here while the second process traces
+    text_encoder and fidelity (side_graphs.py); the transformer graphs are written in one-process
+    order (text_cond, step, fidelity), so the shared weights file is the same bytes."""
+    tracer = TransformerTracer(job.model, block_traced=side.hand_block)
+    with side:
+        side.submit(job)
+        ours = {name: timed(name, lambda: graph_proto(tracer.program(name))) for name in (gio.STEP, gio.TEXT_COND)}
+        timed(gio.VAE_DECODER, lambda: export_vae_decoder(job.bundle, onnx_dir, job.precision))
+        report("export", "text_encoder, fidelity (second process)")
+        result = side.result()
+    writer = SharedWeightsWriter(onnx_dir / WEIGHTS_NAME)
+    try:
+        for name in (gio.TEXT_COND, gio.STEP):
+            write_graph(*ours[name], onnx_dir / f"{name}.onnx", writer)
+        # The second process's graph carries its weights as arrays.
+        model, arrays = result.graphs[gio.FIDELITY]
+        write_graph(model, arrays, onnx_dir / f"{gio.FIDELITY}.onnx", writer, lambda _, array: array)
+    finally:
+        writer.close()
+    timings.update(result.timings)
+    return tracer
+
+
 def export_artifacts(
     bundle: InfinityBundle,
     out_dir: str | Path,
@@ -174,8 +199,16 @@ def export_artifacts(
     plans: Sequence[str] | None = None,
     attention: str = DEFAULT_ATTENTION,
     pairing: str = DEFAULT_PAIRING,
+    workers: int = 1,
+    side: SideGraphs | None = None,
 ) -> Path:
-    """Export every graph, the tokenizer and the manifest into `out_dir` (written last, atomically)."""
+    """Export every graph, the tokenizer and the manifest into `out_dir` (written last, atomically).
+
+    `workers=2` traces text_encoder and fidelity in a second process (side_graphs.py;
+    the CLI's default where it pays, see `default_workers`); the files are the same bytes. `side`
+    is that process launched early by the caller (the CLI starts it before loading the model, so
+    its imports overlap the loading), who also closes it.
+    """
     from stagevar.runtime.errors import StagevarError
 
     if precision not in PRECISIONS:
@@ -188,6 +221,7 @@ def export_artifacts(
     plans = check_plans(bundle.preset.transformer.block_chunks, aspects, resolution, alpha, plans)
     form = attention_spec(bundle, attention, aspects, resolution, batch)
     check_pairing(pairing)
+    workers = check_workers(workers, bundle)
     report = progress or (lambda phase, detail: None)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
@@ -206,18 +240,22 @@ def export_artifacts(
 
         model = to_fp16_blocks(bundle.transformer) if precision == "fp16" else bundle.transformer
         t_source = bundle.sources.get("transformer")
-        tracer = TransformerTracer(model)
-        writer = SharedWeightsWriter(onnx_dir / WEIGHTS_NAME)
-        try:
-            timed(gio.TEXT_ENCODER, lambda: export_text_encoder(bundle, onnx_dir, precision, bundle.sources.get("text_encoder")))
-            for name in (gio.TEXT_COND, gio.STEP):
-                timed(name, lambda: export_graph(tracer, name, onnx_dir, writer, t_source))
-            timed(gio.VAE_DECODER, lambda: export_vae_decoder(bundle, onnx_dir, precision))
-            timed(gio.FIDELITY, lambda: export_graph(tracer, gio.FIDELITY, onnx_dir, writer, t_source))
-            # Counted in the graph that traced it first (step); the manifest says how much it was.
-            timings["shared_block"] = round(tracer.block_seconds, 3)
-        finally:
-            writer.close()
+        if workers == 2:
+            job = SideJob(bundle, model, str(onnx_dir), precision, form, pairing)
+            tracer = _export_two_processes(job, side or SideGraphs(), onnx_dir, timed, report, timings)
+        else:
+            tracer = TransformerTracer(model)
+            writer = SharedWeightsWriter(onnx_dir / WEIGHTS_NAME)
+            try:
+                timed(gio.TEXT_ENCODER, lambda: export_text_encoder(bundle, onnx_dir, precision, bundle.sources.get("text_encoder")))
+                for name in (gio.TEXT_COND, gio.STEP):
+                    timed(name, lambda: export_graph(tracer, name, onnx_dir, writer, t_source))
+                timed(gio.VAE_DECODER, lambda: export_vae_decoder(bundle, onnx_dir, precision))
+                timed(gio.FIDELITY, lambda: export_graph(tracer, gio.FIDELITY, onnx_dir, writer, t_source))
+            finally:
+                writer.close()
+        # Counted in the graph that traced it first (step); the manifest says how much it was.
+        timings["shared_block"] = round(tracer.block_seconds, 3)
         weights = {gio.TEXT_ENCODER: "text_encoder.weights", gio.VAE_DECODER: "vae_decoder.weights",
                    gio.TEXT_COND: WEIGHTS_NAME, gio.STEP: WEIGHTS_NAME, gio.FIDELITY: WEIGHTS_NAME}
         for name in gio.GRAPHS:

@@ -109,17 +109,23 @@ class TransformerTracer:
     needed it first (`block_seconds` says how much).
     """
 
-    def __init__(self, model: InfinityTransformer) -> None:
+    def __init__(self, model: InfinityTransformer, block_traced=None, block_model=None) -> None:
+        """`block_traced(ir_model)` sees the traced block before it is used (an export hands it
+        to its second process); `block_model` is such a block, traced by another process."""
         self.model = model
         self.kv_dtype = kv_dtype(model)
-        self._block: BlockFunction | None = None
+        self._block: BlockFunction | None = None if block_model is None else BlockFunction(block_model)
+        self._block_traced = block_traced
         self.block_seconds = 0.0
 
     def block_function(self) -> BlockFunction:
         if self._block is None:
             t0 = time.perf_counter()
             block0 = self.model.block_chunks[0].module[0]
-            self._block = BlockFunction(trace_block(block0, self.model.config, self.kv_dtype))
+            traced = trace_block(block0, self.model.config, self.kv_dtype)
+            if self._block_traced is not None:
+                self._block_traced(traced)
+            self._block = BlockFunction(traced)
             self.block_seconds = time.perf_counter() - t0
         return self._block
 
