@@ -164,24 +164,39 @@ def build_manifest(bundle: InfinityBundle, graphs: dict, aspects, resolution, pr
 def _export_two_processes(job: SideJob, side: SideGraphs, onnx_dir: Path, timed, report, timings: dict) -> TransformerTracer:
     """The block, step, text_cond and vae_decoder traced here while the second process traces
     text_encoder and fidelity (side_graphs.py); the transformer graphs are written in one-process
-    order (text_cond, step, fidelity), so the shared weights file is the same bytes."""
+    order (text_cond, step, fidelity), so the shared weights file is the same bytes.
+
+    The second process only saves time: if it crashes (killed, or a bug there), its graphs are
+    traced here instead, with one note. Bad input (a StagevarError there) is raised as usual.
+    """
     tracer = TransformerTracer(job.model, block_traced=side.hand_block)
     with side:
         side.submit(job)
         ours = {name: timed(name, lambda: graph_proto(tracer.program(name))) for name in (gio.STEP, gio.TEXT_COND)}
         timed(gio.VAE_DECODER, lambda: export_vae_decoder(job.bundle, onnx_dir, job.precision))
         report("export", "text_encoder, fidelity (second process)")
-        result = side.result()
+        try:
+            result = side.result()
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            print(f"note: the export's second process failed ({reason}); tracing text_encoder and fidelity in this "
+                  "one instead (or pass --jobs 1)", file=sys.stderr, flush=True)
+            result = None
+    if result is None:
+        timed(gio.TEXT_ENCODER, lambda: export_text_encoder(job.bundle, onnx_dir, job.precision))
+        fidelity = timed(gio.FIDELITY, lambda: graph_proto(tracer.program(gio.FIDELITY)))
+    else:
+        fidelity = result.graphs[gio.FIDELITY]
+        timings.update(result.timings)
     writer = SharedWeightsWriter(onnx_dir / WEIGHTS_NAME)
     try:
         for name in (gio.TEXT_COND, gio.STEP):
             write_graph(*ours[name], onnx_dir / f"{name}.onnx", writer)
-        # The second process's graph carries its weights as arrays.
-        model, arrays = result.graphs[gio.FIDELITY]
-        write_graph(model, arrays, onnx_dir / f"{gio.FIDELITY}.onnx", writer, lambda _, array: array)
+        # The second process's graph carries its weights as arrays, ours as IR values.
+        source = (lambda _, array: array) if result is not None else None
+        write_graph(*fidelity, onnx_dir / f"{gio.FIDELITY}.onnx", writer, *([source] if source else []))
     finally:
         writer.close()
-    timings.update(result.timings)
     return tracer
 
 

@@ -122,7 +122,9 @@ class SideGraphs:
     def launch(self) -> "SideGraphs":
         if self._proc is None:
             self._log = open(self.folder / "worker.log", "wb")
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tracing needs no intra-op threads
+            # Tracing needs no intra-op threads; the import path is this process's (a script may
+            # have extended sys.path to find stagevar).
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
             self._proc = subprocess.Popen([*self._command, str(self.job_path), str(self.folder / "result.pkl")],
                                           stdout=self._log, stderr=subprocess.STDOUT, env=env)
         return self

@@ -80,3 +80,15 @@ def test_jobs_refusals_are_one_sentence(tiny_bundle, monkeypatch):
     monkeypatch.setattr(type(tiny_bundle), "is_lazy", property(lambda self: True))
     with pytest.raises(StagevarError, match="initialised lazily .* export it with --jobs 1"):
         check_workers(2, tiny_bundle)
+
+
+def test_a_crashed_second_process_costs_time_not_the_export(tiny_artifacts, tiny_bundle, tmp_path, capfd):
+    """The second process is an optimisation: killed or broken, its graphs are traced in the
+    exporting process, with one note, and the files are the same. Guards against a crash there
+    failing the whole export (or leaving text_encoder or fidelity missing)."""
+    crash = SideGraphs(command=[sys.executable, "-c", "import sys; print('Killed'); sys.exit(137)"])
+    out = export_artifacts(tiny_bundle, tmp_path / "fallback", aspects=("1:1", "2:1"), workers=2, side=crash)
+    one, fallback = _files(tiny_artifacts), _files(out)
+    assert [name for name in one if one[name] != fallback.get(name)] == []
+    err = capfd.readouterr().err
+    assert "second process failed" in err and "tracing text_encoder and fidelity in this one instead" in err
