@@ -92,3 +92,14 @@ def test_a_crashed_second_process_costs_time_not_the_export(tiny_artifacts, tiny
     assert [name for name in one if one[name] != fallback.get(name)] == []
     err = capfd.readouterr().err
     assert "second process failed" in err and "tracing text_encoder and fidelity in this one instead" in err
+
+
+@pytest.mark.slow
+def test_two_processes_follow_precision_attention_and_pairing(tiny_bundle, tmp_path):
+    """fp16, the decomposed form and the sample pairing reach the second process (they change
+    text_encoder's opset, fidelity's token restore and the blocks' dtypes): same bytes as one."""
+    options = dict(aspects=("1:1",), precision="fp16", attention="decomposed", pairing="sample")
+    one = export_artifacts(tiny_bundle, tmp_path / "one", workers=1, **options)
+    two = export_artifacts(tiny_bundle, tmp_path / "two", workers=2, **options)
+    a, b = _files(one), _files(two)
+    assert sorted(a) == sorted(b) and [name for name in a if a[name] != b[name]] == []
