@@ -74,6 +74,10 @@ def run(job, folder: Path, parent: int):
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m stagevar.exporter.infinity.side_worker JOB RESULT (started by stagevar-export; "
+              "not a command of its own)", file=sys.stderr)
+        return 2
     job_path, result_path = argv
     parent = os.getppid()
     from stagevar.runtime.errors import StagevarError
