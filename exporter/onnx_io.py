@@ -27,7 +27,8 @@ TensorSource = Callable[[str, object], np.ndarray]
 
 
 def _default_source(name: str, value) -> np.ndarray:
-    return value.const_value.numpy()
+    # An IR initializer of a traced graph, or already an array (a graph traced in another process).
+    return value if isinstance(value, np.ndarray) else value.const_value.numpy()
 
 
 class SharedWeightsWriter:

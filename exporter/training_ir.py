@@ -25,7 +25,8 @@ _ASSERTIONS = {
 }
 
 
-def _translations() -> dict:
+def training_ir_translations() -> dict:
+    """custom_translation_table entries for the training-IR ops that have none in torchlib."""
     from onnxscript.function_libs.torch_lib.ops import core
 
     def to_dtype(self, dtype, non_blocking=False, copy=False, memory_format=None):
@@ -48,11 +49,6 @@ def _translations() -> dict:
         aten.min.other: core.aten_minimum,
         aten.add_.Tensor: core.aten_add,  # only where _unobservable_mutation holds
     }
-
-
-def training_ir_translations() -> dict:
-    """custom_translation_table entries for the training-IR ops that have none in torchlib."""
-    return _translations()
 
 
 def _translatable(program: torch.export.ExportedProgram, registry) -> bool:

@@ -192,9 +192,8 @@ def _export_two_processes(job: SideJob, side: SideGraphs, onnx_dir: Path, timed,
     try:
         for name in (gio.TEXT_COND, gio.STEP):
             write_graph(*ours[name], onnx_dir / f"{name}.onnx", writer)
-        # The second process's graph carries its weights as arrays, ours as IR values.
-        source = (lambda _, array: array) if result is not None else None
-        write_graph(*fidelity, onnx_dir / f"{gio.FIDELITY}.onnx", writer, *([source] if source else []))
+        # From the second process its weights come as arrays; write_graph takes either.
+        write_graph(*fidelity, onnx_dir / f"{gio.FIDELITY}.onnx", writer)
     finally:
         writer.close()
     return tracer
